@@ -1,0 +1,53 @@
+# regflow — two set-up commands for a new user: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CORES  ?= all
+EXAMPLE_STAMP := example/data/.complete
+
+.PHONY: run test test-unit test-workflow example lint format report clean
+
+# The environment alone (idempotent): reinstalls only when pyproject.toml changes.
+$(VENV): $(STAMP)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The bundled example cohort, generated from images that scikit-image ships.
+$(EXAMPLE_STAMP): $(STAMP) scripts/make_example_cohort.py scripts/regflow/example.py
+	$(BIN)/python scripts/make_example_cohort.py --outdir example/data
+	touch $@
+
+example: $(EXAMPLE_STAMP)
+
+run: $(EXAMPLE_STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+
+report: run
+	$(BIN)/snakemake --cores 1 --report report.html
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not workflow"
+
+test-workflow: $(STAMP)
+	$(BIN)/python -m pytest -m workflow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/snakemake --lint
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/snakefmt Snakefile rules
+
+clean:
+	rm -rf results example report.html .snakemake
