@@ -1,0 +1,385 @@
+"""Reading and writing images: TIFF/OME-TIFF (pyramidal or not), PNG and JPEG.
+
+In memory an image is always channels-first, ``(C, Y, X)``, in its file's dtype. RGB(A)
+files keep ``rgb=True`` in their :class:`ImageInfo` so that writers can store them again as
+interleaved RGB, which is what slide viewers expect of brightfield images.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+OTHER_SUFFIXES = (".png", ".jpg", ".jpeg")
+SUPPORTED_SUFFIXES = TIFF_SUFFIXES + OTHER_SUFFIXES
+
+# OME length units → micrometres.
+_UNIT_TO_UM = {
+    "µm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "nm": 1e-3,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+    "Å": 1e-4,
+}
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says about its base (full-resolution) image.
+
+    Attributes
+    ----------
+    path : str
+    shape : tuple of int
+        ``(Y, X)`` of the full-resolution image.
+    n_channels : int
+    dtype : str
+        numpy dtype name of the pixels.
+    channel_names : list of str
+        One per channel (OME names when present, else ``C0, C1, …`` or ``R, G, B``).
+    pixel_size_um : float or None
+        Physical size of one pixel in micrometres (X; Y is assumed equal), if known.
+    rgb : bool
+        Colour samples are interleaved RGB(A), e.g. a brightfield scan.
+    level_shapes : list of tuple of int
+        ``(Y, X)`` of each pyramid level, level 0 first.
+    """
+
+    path: str
+    shape: tuple[int, int]
+    n_channels: int
+    dtype: str
+    channel_names: list[str]
+    pixel_size_um: float | None = None
+    rgb: bool = False
+    level_shapes: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _suffix(path: str | os.PathLike) -> str:
+    return Path(path).suffix.lower()
+
+
+def _ome_pixels_metadata(ome_xml: str) -> tuple[list[str], float | None]:
+    """Channel names and physical pixel size (µm) of the first OME image."""
+    try:
+        root = ET.fromstring(ome_xml)
+    except ET.ParseError:
+        return [], None
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return [], None
+    names = [
+        ch.attrib.get("Name", "") for ch in pixels if ch.tag.endswith("Channel")
+    ]
+    size = pixels.attrib.get("PhysicalSizeX")
+    pixel_size = None
+    if size is not None:
+        unit = pixels.attrib.get("PhysicalSizeXUnit", "µm")
+        try:
+            pixel_size = float(size) * _UNIT_TO_UM.get(unit, 1.0)
+        except ValueError:
+            pixel_size = None
+    return names, pixel_size
+
+
+def _tiff_resolution_um(page: tifffile.TiffPage) -> float | None:
+    """Pixel size from the TIFF resolution tags, when they carry a physical unit."""
+    tags = page.tags
+    if "XResolution" not in tags or "ResolutionUnit" not in tags:
+        return None
+    unit = tags["ResolutionUnit"].value
+    num, den = tags["XResolution"].value
+    if not num or not den:
+        return None
+    per_unit = num / den  # pixels per unit
+    um_per_unit = {2: 25400.0, 3: 10000.0}.get(int(unit))
+    return um_per_unit / per_unit if um_per_unit else None
+
+
+def _channel_axis_layout(axes: str) -> tuple[str, bool]:
+    """Check series axes and tell whether samples are interleaved colour ('S')."""
+    extra = [a for a in axes if a not in "YXSC"]
+    return "".join(extra), "S" in axes
+
+
+def _to_cyx(data: np.ndarray, axes: str) -> np.ndarray:
+    """Rearrange a tifffile series array to ``(C, Y, X)``, dropping singleton T/Z/Q axes."""
+    for ax in list(axes):
+        if ax not in "YXSC" and data.shape[axes.index(ax)] == 1:
+            data = np.take(data, 0, axis=axes.index(ax))
+            axes = axes.replace(ax, "")
+    # Treat an unnamed non-spatial axis of a 3-D series as channels.
+    axes = "".join("C" if a in "QIZT" else a for a in axes)
+    if "S" in axes and "C" in axes:
+        raise ImageReadError("images with both channels and colour samples are not supported")
+    axes = axes.replace("S", "C")
+    if "C" not in axes:
+        data = data[np.newaxis]
+        axes = "C" + axes
+    if sorted(axes) != sorted("CYX"):
+        raise ImageReadError(f"cannot interpret image axes {axes!r} as channels, rows, columns")
+    return np.moveaxis(data, [axes.index("C"), axes.index("Y"), axes.index("X")], [0, 1, 2])
+
+
+def _tiff_info(path: str) -> ImageInfo:
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = series.axes
+        shape = dict(zip(axes, series.shape, strict=True))
+        extra, rgb = _channel_axis_layout(axes)
+        n_channels = shape.get("S", shape.get("C", 1))
+        for ax in extra:
+            if shape[ax] != 1:
+                if "C" in axes or "S" in axes:
+                    raise ImageReadError(
+                        f"{path}: series axes {axes!r} have more than channels, rows and "
+                        "columns; export a single time point / focal plane"
+                    )
+                n_channels = shape[ax]
+        names: list[str] = []
+        pixel_size = None
+        if tif.is_ome and tif.ome_metadata:
+            names, pixel_size = _ome_pixels_metadata(tif.ome_metadata)
+        if pixel_size is None:
+            pixel_size = _tiff_resolution_um(series.pages[0] if series.pages else tif.pages[0])
+        level_shapes = []
+        for level in series.levels:
+            lshape = dict(zip(level.axes, level.shape, strict=True))
+            level_shapes.append((int(lshape["Y"]), int(lshape["X"])))
+        dtype = str(series.dtype)
+    if len(names) != n_channels or not all(names):
+        names = _default_channel_names(n_channels, rgb)
+    return ImageInfo(
+        path=str(path),
+        shape=(int(shape["Y"]), int(shape["X"])),
+        n_channels=int(n_channels),
+        dtype=dtype,
+        channel_names=names,
+        pixel_size_um=pixel_size,
+        rgb=rgb and n_channels in (3, 4),
+        level_shapes=level_shapes,
+    )
+
+
+def _default_channel_names(n_channels: int, rgb: bool) -> list[str]:
+    if rgb and n_channels in (3, 4):
+        return ["R", "G", "B", "A"][:n_channels]
+    return [f"C{i}" for i in range(n_channels)]
+
+
+def _plain_image_info(path: str) -> ImageInfo:
+    from PIL import Image  # pillow ships with scikit-image (via imageio)
+
+    with Image.open(path) as img:
+        width, height = img.size
+        mode = img.mode
+    bands = {"L": 1, "I;16": 1, "I": 1, "F": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 3, "CMYK": 4}
+    n_channels = bands.get(mode, 3)
+    dtype = {"I;16": "uint16", "I": "int32", "F": "float32"}.get(mode, "uint8")
+    rgb = n_channels in (3, 4)
+    return ImageInfo(
+        path=str(path),
+        shape=(height, width),
+        n_channels=n_channels,
+        dtype=dtype,
+        channel_names=_default_channel_names(n_channels, rgb),
+        pixel_size_um=None,
+        rgb=rgb,
+        level_shapes=[(height, width)],
+    )
+
+
+def read_info(path: str | os.PathLike) -> ImageInfo:
+    """Read only the header of an image file.
+
+    Raises
+    ------
+    ImageReadError
+        If the file is missing, of an unsupported type, or its header cannot be parsed.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise ImageReadError(f"{path}: file not found")
+    suffix = _suffix(path)
+    try:
+        if suffix in TIFF_SUFFIXES:
+            return _tiff_info(path)
+        if suffix in OTHER_SUFFIXES:
+            return _plain_image_info(path)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # any parser failure means "not a readable image"
+        raise ImageReadError(
+            f"{path}: cannot read the image header ({type(exc).__name__}: {exc}); "
+            "check that the file is a complete TIFF/OME-TIFF, PNG or JPEG"
+        ) from exc
+    raise ImageReadError(
+        f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}"
+    )
+
+
+def choose_level(info: ImageInfo, downsample: float) -> int:
+    """Index of the coarsest pyramid level that is still at least as fine as ``downsample``.
+
+    Parameters
+    ----------
+    info : ImageInfo
+    downsample : float
+        Wanted ratio of full-resolution size to working size (≥ 1).
+    """
+    best = 0
+    for index, (height, width) in enumerate(info.level_shapes):
+        level_downsample = max(info.shape[0] / height, info.shape[1] / width)
+        if level_downsample <= downsample * (1 + 1e-6):
+            best = index
+    return best
+
+
+def read_image(path: str | os.PathLike, level: int = 0) -> np.ndarray:
+    """Read the pixels of one pyramid level as ``(C, Y, X)`` in the file's dtype."""
+    path = str(path)
+    suffix = _suffix(path)
+    try:
+        if suffix in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                lvl = series.levels[level]
+                return _to_cyx(lvl.asarray(), lvl.axes)
+        from skimage.io import imread
+
+        data = imread(path)
+    except ImageReadError as exc:
+        raise ImageReadError(f"{path}: {exc}") from exc
+    except Exception as exc:
+        raise ImageReadError(
+            f"{path}: cannot read the pixels ({type(exc).__name__}: {exc}); the file may be "
+            "truncated or corrupt — export it again"
+        ) from exc
+    if data.ndim == 2:
+        return data[np.newaxis]
+    return np.moveaxis(data, -1, 0)
+
+
+def _pyramid_shapes(shape: tuple[int, int], min_size: int) -> list[tuple[int, int]]:
+    """Shapes of the 2× sub-resolution levels down to ``min_size`` on the longest side."""
+    shapes = []
+    height, width = shape
+    while max(height, width) > min_size:
+        height, width = max(1, math.ceil(height / 2)), max(1, math.ceil(width / 2))
+        shapes.append((height, width))
+    return shapes
+
+
+def _downsample2(image: np.ndarray) -> np.ndarray:
+    """Halve a ``(C, Y, X)`` image by 2×2 block averaging, keeping its dtype."""
+    channels, height, width = image.shape
+    padded = np.pad(image, ((0, 0), (0, height % 2), (0, width % 2)), mode="edge")
+    blocks = padded.reshape(channels, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2)
+    mean = blocks.mean(axis=(2, 4), dtype=np.float64)
+    if np.issubdtype(image.dtype, np.integer):
+        mean = np.rint(mean)
+    return mean.astype(image.dtype)
+
+
+def write_ome_tiff(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    channel_names: Sequence[str],
+    pixel_size_um: float | None = None,
+    rgb: bool = False,
+    tile: int = 512,
+    pyramid_min_size: int = 1024,
+    compression: str = "zlib",
+) -> None:
+    """Write a tiled, compressed, pyramidal OME-TIFF atomically.
+
+    The file is written under a temporary name in the same folder and renamed when complete,
+    so a reader (or a rerun) never sees a partial file under ``path``.
+
+    Parameters
+    ----------
+    path : path-like
+    image : ndarray, shape (C, Y, X)
+    channel_names : sequence of str, length C
+    pixel_size_um : float, optional
+        Physical pixel size, written as PhysicalSizeX/Y in µm.
+    rgb : bool
+        Store 3 uint8 channels as interleaved RGB (what viewers expect of brightfield).
+    tile : int
+        Tile edge in pixels (multiple of 16).
+    pyramid_min_size : int
+        Sub-resolution levels (2× each, as SubIFDs) are added until the longest side is
+        at most this.
+    """
+    path = Path(path)
+    if image.ndim != 3:
+        raise ValueError(f"expected a (C, Y, X) image, got shape {image.shape}")
+    if len(channel_names) != image.shape[0]:
+        raise ValueError(f"{len(channel_names)} channel names for {image.shape[0]} channels")
+    rgb = rgb and image.shape[0] == 3 and image.dtype == np.uint8
+    metadata: dict = {"axes": "YXS" if rgb else "CYX"}
+    if not rgb:
+        metadata["Channel"] = {"Name": list(channel_names)}
+    if pixel_size_um:
+        metadata.update(
+            PhysicalSizeX=float(pixel_size_um),
+            PhysicalSizeXUnit="µm",
+            PhysicalSizeY=float(pixel_size_um),
+            PhysicalSizeYUnit="µm",
+        )
+    sub_shapes = _pyramid_shapes(image.shape[1:], pyramid_min_size)
+    options = {
+        "tile": (tile, tile),
+        "compression": compression,
+        "photometric": "rgb" if rgb else "minisblack",
+        "resolutionunit": "CENTIMETER",
+    }
+
+    def as_stored(level: np.ndarray) -> np.ndarray:
+        return np.moveaxis(level, 0, -1) if rgb else level
+
+    def resolution(factor: float) -> tuple[float, float] | None:
+        if not pixel_size_um:
+            return None
+        per_cm = 1e4 / (pixel_size_um * factor)
+        return (per_cm, per_cm)
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+            tif.write(
+                as_stored(image),
+                subifds=len(sub_shapes),
+                metadata=metadata,
+                resolution=resolution(1),
+                **options,
+            )
+            level = image
+            for depth, _ in enumerate(sub_shapes, start=1):
+                level = _downsample2(level)
+                tif.write(
+                    as_stored(level),
+                    subfiletype=1,
+                    metadata=None,
+                    resolution=resolution(2**depth),
+                    **options,
+                )
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

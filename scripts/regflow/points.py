@@ -1,0 +1,92 @@
+"""Point sets (landmarks, cell centroids): CSV in and out, mapped between the two images.
+
+CSV format: columns ``X`` and ``Y`` (X = column, Y = row, in full-resolution pixels), with or
+without a leading unnamed index column (the ANHIR/BIRL format). Other columns are kept
+untouched when points are mapped, so a table of cell centroids keeps its measurements.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .transform import Transform
+
+
+class PointsError(ValueError):
+    """A point file cannot be used; the message names the file and what to do."""
+
+
+def read_points_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a point CSV, checking for numeric ``X`` and ``Y`` columns."""
+    try:
+        table = pd.read_csv(path)
+    except FileNotFoundError as exc:
+        raise PointsError(f"{path}: file not found") from exc
+    except Exception as exc:
+        raise PointsError(f"{path}: cannot be read as CSV ({exc})") from exc
+    unnamed = [c for c in table.columns if str(c).startswith("Unnamed:") or str(c) == ""]
+    table = table.drop(columns=unnamed)
+    missing = [c for c in ("X", "Y") if c not in table.columns]
+    if missing:
+        raise PointsError(
+            f"{path}: missing column(s) {', '.join(missing)}; a point file needs columns X "
+            f"(column, px) and Y (row, px); found {list(table.columns)}"
+        )
+    for column in ("X", "Y"):
+        values = pd.to_numeric(table[column], errors="coerce")
+        if values.isna().any() and not table[column].isna().equals(values.isna()):
+            raise PointsError(f"{path}: column {column} has non-numeric values")
+        table[column] = values
+    return table
+
+
+def read_points(path: str | os.PathLike) -> np.ndarray:
+    """Points ``(n, 2)`` as ``(x, y)`` float64."""
+    table = read_points_table(path)
+    return table[["X", "Y"]].to_numpy(np.float64)
+
+
+def write_points(path: str | os.PathLike, table: pd.DataFrame) -> None:
+    """Write a point table atomically; NaN coordinates become empty cells."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    table.to_csv(tmp, index=False, na_rep="")
+    os.replace(tmp, path)
+
+
+def map_points_table(
+    table: pd.DataFrame, transform: Transform, direction: str = "moving_to_fixed"
+) -> pd.DataFrame:
+    """Map the ``X, Y`` columns of a point table; rows and other columns are kept.
+
+    Parameters
+    ----------
+    direction : {'moving_to_fixed', 'fixed_to_moving'}
+        Points that cannot be mapped (outside the target image) get NaN coordinates; they are
+        never dropped, so row i of the output still corresponds to row i of the input.
+    """
+    points = table[["X", "Y"]].to_numpy(np.float64)
+    valid = np.isfinite(points).all(axis=1)
+    mapped = np.full_like(points, np.nan)
+    if direction == "moving_to_fixed":
+        mapped[valid] = transform.moving_to_fixed(points[valid])
+    elif direction == "fixed_to_moving":
+        result = transform.fixed_to_moving(points[valid])
+        height, width = transform.moving_shape
+        outside = (
+            (result[:, 0] < -0.5)
+            | (result[:, 0] > width - 0.5)
+            | (result[:, 1] < -0.5)
+            | (result[:, 1] > height - 0.5)
+        )
+        result[outside] = np.nan
+        mapped[valid] = result
+    else:
+        raise ValueError(f"unknown direction {direction!r}")
+    out = table.copy()
+    out["X"], out["Y"] = mapped[:, 0], mapped[:, 1]
+    return out

@@ -1,0 +1,481 @@
+"""Global alignment: Fourier–Mellin and coarse-search candidates, verified by NCC, refined.
+
+All functions work on preprocessed, signal-bright images of the *same pixel size* (working
+resolution) and express transforms as 3×3 homogeneous matrices ``fixed_to_moving`` that map a
+fixed-image ``(x, y)`` to the moving-image ``(x, y)`` it corresponds to.
+
+The chain, in :func:`register_rigid`:
+
+1. candidates for rotation and scale from the log-polar transform of the magnitude spectra
+   (Fourier–Mellin; rotation is known only modulo 180°, so both are tried), plus a coarse
+   rotation grid (and mirrored ones when allowed) so that a missed spectrum peak never decides;
+2. for each, translation from the top peaks of phase correlation on zero-padded images;
+3. every (rotation, scale, translation) is scored by normalised cross-correlation (NCC) on the
+   tissue masks, the best kept;
+4. the best is refined by maximising NCC (Powell), coarse to fine, as a similarity or affine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import fft, optimize
+from scipy import ndimage as ndi
+from skimage import feature, filters, transform
+
+from .metrics import ncc
+
+_SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+@dataclass
+class RigidResult:
+    """Outcome of :func:`register_rigid` (working-resolution coordinates).
+
+    Attributes
+    ----------
+    fixed_to_moving : ndarray, shape (3, 3)
+    ncc : float
+        NCC on the tissue masks after alignment.
+    ncc_initial : float
+        NCC for the identity (images overlaid as they are).
+    rotation_deg, scale : float
+        Of the linear part (scale is the geometric mean of the axes for an affine).
+    candidates : list of dict
+        Every verified candidate: source, angle, scale, NCC (for QC and debugging).
+    """
+
+    fixed_to_moving: np.ndarray
+    ncc: float
+    ncc_initial: float
+    rotation_deg: float
+    scale: float
+    mirrored: bool = False
+    candidates: list[dict] = field(default_factory=list)
+
+
+def warp_to_fixed(
+    moving: np.ndarray,
+    fixed_to_moving: np.ndarray,
+    fixed_shape: tuple[int, int],
+    order: int = 1,
+    cval: float = 0.0,
+) -> np.ndarray:
+    """Sample ``moving`` on the fixed grid through ``fixed_to_moving`` (xy matrix)."""
+    matrix_rc = _SWAP_XY @ fixed_to_moving @ _SWAP_XY
+    return ndi.affine_transform(
+        moving,
+        matrix_rc,
+        output_shape=tuple(fixed_shape),
+        order=order,
+        mode="constant",
+        cval=cval,
+        prefilter=False,
+    )
+
+
+def similarity_matrix(
+    angle_deg: float,
+    scale: float,
+    translation: tuple[float, float],
+    fixed_centre: np.ndarray,
+    moving_centre: np.ndarray,
+    mirror: bool = False,
+) -> np.ndarray:
+    """``fixed_to_moving`` = centre_m + t + s·R(θ)·(p − centre_f), optionally mirrored in x."""
+    theta = np.deg2rad(angle_deg)
+    linear = scale * np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    if mirror:
+        linear = linear @ np.diag([-1.0, 1.0])
+    matrix = np.eye(3)
+    matrix[:2, :2] = linear
+    matrix[:2, 2] = moving_centre + np.asarray(translation) - linear @ fixed_centre
+    return matrix
+
+
+def _centre(shape: tuple[int, int]) -> np.ndarray:
+    return np.array([(shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0])
+
+
+def _masked_ncc(
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    fixed_mask: np.ndarray,
+    moving_mask: np.ndarray,
+    fixed_to_moving: np.ndarray,
+) -> float:
+    """NCC on the union of both tissue masks, in the fixed frame."""
+    warped = warp_to_fixed(moving, fixed_to_moving, fixed.shape)
+    warped_mask = warp_to_fixed(moving_mask.astype(np.float32), fixed_to_moving, fixed.shape)
+    region = fixed_mask | (warped_mask > 0.5)
+    return ncc(fixed, warped, region)
+
+
+def _spectrum_log_polar(image: np.ndarray, size: int, radius: int, n_angles: int) -> np.ndarray:
+    """High-pass-filtered log-polar magnitude spectrum of an image padded to ``size``."""
+    windowed = image * filters.window("hann", image.shape)
+    padded = np.zeros((size, size), np.float32)
+    padded[: image.shape[0], : image.shape[1]] = windowed
+    magnitude = np.abs(fft.fftshift(fft.fft2(padded)))
+    # Reddy & Chatterji high-pass: suppress the low frequencies that dominate the spectrum.
+    freq = fft.fftshift(fft.fftfreq(size))
+    cosine = np.outer(np.cos(np.pi * freq), np.cos(np.pi * freq))
+    magnitude *= (1.0 - cosine) * (2.0 - cosine)
+    return transform.warp_polar(
+        magnitude, radius=radius, output_shape=(n_angles, radius), scaling="log", order=1
+    )
+
+
+def fourier_mellin(
+    fixed: np.ndarray, moving: np.ndarray, max_scale_change: float = 0.25
+) -> tuple[float, float]:
+    """Rotation (degrees, modulo 180) and scale of ``fixed_to_moving`` from the spectra.
+
+    Parameters
+    ----------
+    fixed, moving : ndarray, shape (h, w)
+        Same pixel size; shapes may differ.
+    max_scale_change : float
+        Estimates beyond ``1 ± max_scale_change`` are treated as unreliable (scale 1).
+
+    Returns
+    -------
+    angle_deg : float in [0, 180)
+    scale : float
+    """
+    size = fft.next_fast_len(max(*fixed.shape, *moving.shape))
+    radius = size // 2
+    n_angles = 720
+    polar_fixed = _spectrum_log_polar(fixed, size, radius, n_angles)
+    polar_moving = _spectrum_log_polar(moving, size, radius, n_angles)
+    # The spectrum is point-symmetric: use half the circle, avoid the noisy high radii.
+    half = n_angles // 2
+    keep = slice(radius // 8, radius * 3 // 4)
+    shift = _phase_peaks(polar_fixed[:half, keep], polar_moving[:half, keep], n_peaks=1)[0]
+    # A rotation by θ of the image rotates its spectrum by θ; a scale s shrinks it by s.
+    angle = (-shift[0] * 360.0 / n_angles) % 180.0
+    klog = radius / np.log(radius)
+    scale = float(np.exp(shift[1] / klog))
+    if not (1 - max_scale_change) <= scale <= 1 / (1 - max_scale_change):
+        scale = 1.0
+    return float(angle), scale
+
+
+def _phase_peaks(reference: np.ndarray, moving: np.ndarray, n_peaks: int = 5) -> np.ndarray:
+    """Shifts ``s`` with ``reference(p) ≈ moving(p − s)``: the strongest phase-correlation peaks.
+
+    Inputs of equal shape; shifts are wrapped to the signed range and refined to sub-pixel
+    precision by a parabola through each peak's neighbours.
+
+    Returns
+    -------
+    ndarray, shape (k, 2)
+        ``(row, col)`` shifts, strongest first.
+    """
+    spectrum = fft.fft2(reference) * np.conj(fft.fft2(moving))
+    spectrum /= np.abs(spectrum) + 1e-12
+    surface = np.real(fft.ifft2(spectrum))
+    surface = ndi.gaussian_filter(surface, 1.0, mode="wrap")
+    peaks = feature.peak_local_max(
+        np.fft.fftshift(surface), min_distance=3, num_peaks=n_peaks, exclude_border=False
+    )
+    if len(peaks) == 0:
+        peaks = np.array([np.unravel_index(np.argmax(np.fft.fftshift(surface)), surface.shape)])
+    shape = np.array(surface.shape)
+    peaks = peaks - shape // 2  # undo fftshift: signed shifts
+    refined = []
+    for peak in peaks:
+        sub = peak.astype(float)
+        for axis in range(2):
+            index = list(peak)
+            values = []
+            for offset in (-1, 0, 1):
+                index[axis] = peak[axis] + offset
+                values.append(surface[tuple(np.mod(index, shape))])
+            denominator = values[0] - 2 * values[1] + values[2]
+            if denominator < 0:
+                sub[axis] += 0.5 * (values[0] - values[2]) / denominator
+        refined.append(sub)
+    return np.array(refined)
+
+
+def _translation_candidates(
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    base: np.ndarray,
+    n_peaks: int,
+) -> list[np.ndarray]:
+    """Matrices ``base ∘ T(d)`` for the top phase-correlation translations ``d``.
+
+    ``moving`` is first rendered on a canvas twice the fixed size through ``base`` so that
+    shifts of up to half the image are unambiguous.
+    """
+    height, width = fixed.shape
+    pad = np.array([height // 2, width // 2])
+    canvas_shape = (height + 2 * pad[0], width + 2 * pad[1])
+    to_canvas = np.eye(3)
+    to_canvas[:2, 2] = [-pad[1], -pad[0]]  # canvas (x, y) → fixed (x, y)
+    rendered = warp_to_fixed(moving, base @ to_canvas, canvas_shape)
+    canvas = np.zeros(canvas_shape, np.float32)
+    canvas[pad[0] : pad[0] + height, pad[1] : pad[1] + width] = fixed
+    matrices = []
+    for shift in _phase_peaks(canvas, rendered, n_peaks):
+        offset = np.eye(3)
+        offset[:2, 2] = [-shift[1], -shift[0]]  # fixed(p) ≈ rendered(p − s)
+        matrices.append(base @ offset)
+    return matrices
+
+
+def _downscale(image: np.ndarray, factor: float) -> np.ndarray:
+    if factor >= 1.0:
+        return image
+    shape = tuple(max(8, int(round(n * factor))) for n in image.shape)
+    return transform.resize(
+        image.astype(np.float32), shape, order=1, anti_aliasing=True, preserve_range=True
+    ).astype(np.float32)
+
+
+def _scaling(factor: float) -> np.ndarray:
+    """Pixel-centre resize matrix: ``x' = (x + 0.5)·factor − 0.5`` on both axes."""
+    offset = 0.5 * factor - 0.5
+    return np.array([[factor, 0.0, offset], [0.0, factor, offset], [0.0, 0.0, 1.0]])
+
+
+def _decompose(matrix: np.ndarray) -> tuple[float, float, bool]:
+    """Rotation (degrees), scale (geometric mean) and mirroring of a matrix's linear part."""
+    linear = matrix[:2, :2]
+    determinant = float(np.linalg.det(linear))
+    mirrored = determinant < 0
+    if mirrored:
+        linear = linear @ np.diag([-1.0, 1.0])
+    angle = float(np.degrees(np.arctan2(linear[1, 0] - linear[0, 1], linear[0, 0] + linear[1, 1])))
+    return angle, float(np.sqrt(abs(determinant))), mirrored
+
+
+def _parametrise(matrix: np.ndarray, model: str, centre: np.ndarray):
+    """Parameter vector ↔ matrix maps for local refinement around ``matrix``.
+
+    Parameters are increments applied about the fixed image centre: rotation (degrees),
+    log-scale, translation (px) and, for an affine, log-aspect and shear.
+    """
+
+    def to_matrix(params: np.ndarray) -> np.ndarray:
+        angle, log_scale, tx, ty = params[:4]
+        theta = np.deg2rad(angle)
+        linear = np.exp(log_scale) * np.array(
+            [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]
+        )
+        if model == "affine":
+            aspect, shear = params[4:6]
+            linear = linear @ np.array([[np.exp(aspect), shear], [0.0, np.exp(-aspect)]])
+        if model == "rigid":
+            linear /= np.exp(log_scale)
+        increment = np.eye(3)
+        increment[:2, :2] = linear
+        increment[:2, 2] = centre - linear @ centre + np.array([tx, ty])
+        return matrix @ increment
+
+    n_params = {"rigid": 4, "similarity": 4, "affine": 6}[model]
+    return to_matrix, np.zeros(n_params)
+
+
+def refine(
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    region: np.ndarray,
+    fixed_to_moving: np.ndarray,
+    model: str = "similarity",
+    smoothing: float = 1.0,
+    max_evaluations: int = 400,
+    max_samples: int = 20_000,
+) -> tuple[np.ndarray, float]:
+    """Local maximisation of NCC on a fixed region from ``fixed_to_moving`` (Powell's method).
+
+    The region is held fixed during the search so that the objective is smooth.
+
+    Returns
+    -------
+    fixed_to_moving : ndarray, shape (3, 3)
+    ncc : float
+        On the unsmoothed images.
+    """
+    fixed_s = ndi.gaussian_filter(fixed, smoothing) if smoothing else fixed
+    moving_s = ndi.gaussian_filter(moving, smoothing) if smoothing else moving
+    to_matrix, start = _parametrise(fixed_to_moving, model, _centre(fixed.shape))
+    # Parameter units of about one pixel of motion at the image edge.
+    radius = max(fixed.shape) / 2.0
+    units = np.array([np.degrees(1.0 / radius), 1.0 / radius, 1.0, 1.0, 1.0 / radius, 1.0 / radius])
+    units = units[: start.size]
+    if model == "rigid":
+        units[1] = 0.0
+    # Evaluate on at most `max_samples` region pixels (a regular, reproducible subset): the
+    # cost of one evaluation then does not grow with the image size.
+    rows, cols = np.nonzero(region)
+    stride = max(1, rows.size // max_samples)
+    rows, cols = rows[::stride], cols[::stride]
+    points = np.stack([cols, rows, np.ones_like(rows)]).astype(np.float64)
+    fixed_values = fixed_s[rows, cols]
+
+    def cost(scaled: np.ndarray) -> float:
+        moving_xy = to_matrix(scaled * units) @ points
+        values = ndi.map_coordinates(
+            moving_s, moving_xy[1::-1], order=1, mode="constant", cval=0.0, prefilter=False
+        )
+        return -ncc(fixed_values, values)
+
+    result = optimize.minimize(
+        cost,
+        start,
+        method="Powell",
+        options={"xtol": 0.05, "ftol": 1e-6, "maxfev": max_evaluations},
+    )
+    best = to_matrix(result.x * units)
+    return best, ncc(fixed, warp_to_fixed(moving, best, fixed.shape), region)
+
+
+def _union_region(
+    fixed_mask: np.ndarray, moving_mask: np.ndarray, fixed_to_moving: np.ndarray
+) -> np.ndarray:
+    warped = warp_to_fixed(moving_mask.astype(np.float32), fixed_to_moving, fixed_mask.shape)
+    return fixed_mask | (warped > 0.5)
+
+
+class _Level:
+    """The image pair resized so that its longest side is about ``size`` px."""
+
+    def __init__(self, fixed, moving, fixed_mask, moving_mask, size: int):
+        self.factor = min(1.0, size / max(*fixed.shape, *moving.shape))
+        self.fixed = _downscale(fixed, self.factor)
+        self.moving = _downscale(moving, self.factor)
+        self.fixed_mask = _downscale(fixed_mask.astype(np.float32), self.factor) > 0.5
+        self.moving_mask = _downscale(moving_mask.astype(np.float32), self.factor) > 0.5
+
+    def score(self, matrix: np.ndarray) -> float:
+        return _masked_ncc(self.fixed, self.moving, self.fixed_mask, self.moving_mask, matrix)
+
+    def from_working(self, matrix: np.ndarray) -> np.ndarray:
+        """A working-resolution matrix expressed on this level's images."""
+        scaling = _scaling(self.factor)
+        return scaling @ matrix @ np.linalg.inv(scaling)
+
+    def to_working(self, matrix: np.ndarray) -> np.ndarray:
+        """This level's matrix expressed at working resolution."""
+        scaling = _scaling(self.factor)
+        return np.linalg.inv(scaling) @ matrix @ scaling
+
+
+def register_rigid(
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    fixed_mask: np.ndarray,
+    moving_mask: np.ndarray,
+    model: str = "similarity",
+    search_size: int = 128,
+    refine_size: int = 512,
+    coarse_angle_step: float = 15.0,
+    allow_mirror: bool = False,
+    max_scale_change: float = 0.25,
+    n_translation_peaks: int = 3,
+    n_verified: int = 4,
+) -> RigidResult:
+    """Find ``fixed_to_moving`` between two preprocessed images.
+
+    Parameters
+    ----------
+    fixed, moving : ndarray, shape (h, w), float
+        Signal-bright, same pixel size.
+    fixed_mask, moving_mask : ndarray of bool
+        Tissue masks.
+    model : {'rigid', 'similarity', 'affine'}
+        Degrees of freedom of the final refinement.
+    search_size : int
+        Longest side (px) at which all candidates are generated and scored.
+    refine_size : int
+        Longest side (px) at which the best candidates are verified and refined (capped at
+        the working resolution; the optical flow continues from there).
+    coarse_angle_step : float
+        Step (degrees) of the rotation grid tried besides the Fourier–Mellin estimates;
+        0 disables the grid.
+    allow_mirror : bool
+        Also try mirrored moving images (a section mounted face down).
+    max_scale_change : float
+        Largest scale change trusted from the spectra.
+    n_translation_peaks : int
+        Phase-correlation peaks scored per rotation candidate.
+    n_verified : int
+        Best-scoring candidates refined at ``2 × search_size`` before one is chosen.
+    """
+    fixed = fixed.astype(np.float32)
+    moving = moving.astype(np.float32)
+    coarse = _Level(fixed, moving, fixed_mask, moving_mask, search_size)
+    middle = _Level(fixed, moving, fixed_mask, moving_mask, 2 * search_size)
+    fine = _Level(fixed, moving, fixed_mask, moving_mask, refine_size)
+    fixed_centre, moving_centre = _centre(coarse.fixed.shape), _centre(coarse.moving.shape)
+
+    angle_fm, scale_fm = fourier_mellin(middle.fixed, middle.moving, max_scale_change)
+    rotations = [("fourier-mellin", angle_fm, scale_fm), ("fourier-mellin", angle_fm + 180, scale_fm)]
+    if coarse_angle_step > 0:
+        rotations += [("grid", float(a), 1.0) for a in np.arange(0.0, 360.0, coarse_angle_step)]
+    mirrors = (False, True) if allow_mirror else (False,)
+
+    candidates = []
+    for mirror in mirrors:
+        for source, angle, scale in rotations:
+            base = similarity_matrix(angle, scale, (0.0, 0.0), fixed_centre, moving_centre, mirror)
+            for matrix in _translation_candidates(
+                coarse.fixed, coarse.moving, base, n_translation_peaks
+            ):
+                candidates.append(
+                    {
+                        "source": source,
+                        "angle": angle % 360,
+                        "scale": scale,
+                        "mirror": mirror,
+                        "ncc_coarse": coarse.score(matrix),
+                        "matrix": coarse.to_working(matrix),
+                    }
+                )
+    candidates.sort(key=lambda c: -c["ncc_coarse"])
+
+    # Verify the best few by a quick similarity refinement one level finer.
+    best_score, best_matrix = -np.inf, np.eye(3)
+    for candidate in candidates[:n_verified]:
+        start = middle.from_working(candidate["matrix"])
+        region = _union_region(middle.fixed_mask, middle.moving_mask, start)
+        matrix, score = refine(
+            middle.fixed, middle.moving, region, start, "similarity", max_evaluations=120
+        )
+        candidate["ncc"] = score
+        if score > best_score:
+            best_score, best_matrix = score, middle.to_working(matrix)
+
+    start = fine.from_working(best_matrix)
+    region = _union_region(fine.fixed_mask, fine.moving_mask, start)
+    matrix, _ = refine(fine.fixed, fine.moving, region, start, model, max_evaluations=400)
+    matrix = fine.to_working(matrix)
+    score = _masked_ncc(fixed, moving, fixed_mask, moving_mask, matrix)
+    initial = _masked_ncc(fixed, moving, fixed_mask, moving_mask, np.eye(3))
+    angle, scale, mirrored = _decompose(matrix)
+    report = [
+        {k: (round(float(v), 4) if k != "source" and k != "mirror" else v) for k, v in c.items() if k != "matrix"}
+        for c in candidates[:n_verified]
+    ]
+    return RigidResult(
+        fixed_to_moving=matrix,
+        ncc=float(score),
+        ncc_initial=float(initial),
+        rotation_deg=angle,
+        scale=scale,
+        mirrored=mirrored,
+        candidates=report,
+    )
+
+
+def to_full_resolution(
+    working_matrix: np.ndarray,
+    fixed_full_to_working: np.ndarray,
+    moving_full_to_working: np.ndarray,
+) -> np.ndarray:
+    """Express a working-resolution ``fixed_to_moving`` in full-resolution pixels."""
+    return np.linalg.inv(moving_full_to_working) @ working_matrix @ fixed_full_to_working

@@ -1,0 +1,154 @@
+"""The registration result: a mapping from fixed-image pixels to moving-image pixels.
+
+File format (``transform.npz``, numpy's zipped arrays), all coordinates ``(x, y)`` with
+x = column, y = row, in full-resolution pixels with pixel centres at integers:
+
+``affine``
+    (3, 3) float64. Homogeneous matrix of the global (rigid/similarity/affine) part.
+``displacement``
+    (2, h, w) float32. Non-rigid part ``(dx, dy)`` in full-resolution *fixed* pixels,
+    sampled on the fixed image's working grid; zeros when refinement was rejected.
+``fixed_full_to_working``
+    (3, 3) float64. Maps fixed full-resolution ``(x, y)`` to the displacement grid.
+``fixed_shape``, ``moving_shape``
+    (2,) int64. ``(Y, X)`` of the full-resolution images.
+
+A fixed pixel ``p`` maps to the moving pixel ``affine @ (p + u(p))``, where ``u`` is the
+displacement bilinearly interpolated at ``fixed_full_to_working @ p``. Warping the moving
+image onto the fixed grid samples it there (a pull-back); mapping points from the moving
+image into the fixed one inverts this by fixed-point iteration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def apply_matrix(matrix: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
+    """Apply a homogeneous 3×3 matrix to ``(n, 2)`` points."""
+    points_xy = np.asarray(points_xy, dtype=np.float64)
+    return points_xy @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+@dataclass
+class Transform:
+    """Fixed-to-moving mapping; see the module docstring for the conventions."""
+
+    affine: np.ndarray
+    displacement: np.ndarray
+    fixed_full_to_working: np.ndarray
+    fixed_shape: tuple[int, int]
+    moving_shape: tuple[int, int]
+
+    @classmethod
+    def from_affine(
+        cls,
+        affine: np.ndarray,
+        fixed_shape: tuple[int, int],
+        moving_shape: tuple[int, int],
+    ) -> Transform:
+        """A purely global transform (no displacement field)."""
+        return cls(
+            affine=np.asarray(affine, np.float64),
+            displacement=np.zeros((2, 2, 2), np.float32),
+            fixed_full_to_working=np.diag(
+                [1.0 / max(fixed_shape[1] - 1, 1), 1.0 / max(fixed_shape[0] - 1, 1), 1.0]
+            ),
+            fixed_shape=tuple(fixed_shape),
+            moving_shape=tuple(moving_shape),
+        )
+
+    @property
+    def has_displacement(self) -> bool:
+        return bool(np.any(self.displacement))
+
+    def displacement_at(self, points_xy: np.ndarray) -> np.ndarray:
+        """Displacement ``(n, 2)`` in full-resolution pixels at fixed points ``(n, 2)``."""
+        points_xy = np.asarray(points_xy, np.float64)
+        if not self.has_displacement:
+            return np.zeros_like(points_xy)
+        grid = apply_matrix(self.fixed_full_to_working, points_xy)
+        coords = np.stack([grid[:, 1], grid[:, 0]])  # (row, col) for map_coordinates
+        return np.stack(
+            [
+                ndi.map_coordinates(self.displacement[axis], coords, order=1, mode="nearest")
+                for axis in range(2)
+            ],
+            axis=1,
+        )
+
+    def fixed_to_moving(self, points_xy: np.ndarray) -> np.ndarray:
+        """Map fixed-image points ``(n, 2)`` to moving-image points ``(n, 2)``."""
+        points_xy = np.asarray(points_xy, np.float64)
+        return apply_matrix(self.affine, points_xy + self.displacement_at(points_xy))
+
+    def moving_to_fixed(
+        self, points_xy: np.ndarray, iterations: int = 50, tolerance: float = 1e-3
+    ) -> np.ndarray:
+        """Map moving-image points ``(n, 2)`` into the fixed image (inverse mapping).
+
+        Solves ``p + u(p) = affine⁻¹ m`` by fixed-point iteration, which converges for the
+        smooth, small displacements the refinement produces. Points that do not converge or
+        fall outside the fixed image are NaN.
+        """
+        target = apply_matrix(np.linalg.inv(self.affine), points_xy)
+        fixed = target.copy()
+        for _ in range(iterations):
+            update = target - self.displacement_at(fixed)
+            step = np.abs(update - fixed).max(initial=0.0)
+            fixed = update
+            if step < tolerance:
+                break
+        residual = np.linalg.norm(self.fixed_to_moving(fixed) - np.asarray(points_xy), axis=1)
+        height, width = self.fixed_shape
+        inside = (
+            (fixed[:, 0] >= -0.5)
+            & (fixed[:, 0] <= width - 0.5)
+            & (fixed[:, 1] >= -0.5)
+            & (fixed[:, 1] <= height - 0.5)
+        )
+        fixed[(residual > 0.05) | ~inside | ~np.isfinite(fixed).all(axis=1)] = np.nan
+        return fixed
+
+    def moving_coordinates(self, rows: slice, cols: slice) -> np.ndarray:
+        """Moving-image ``(row, col)`` sampling coordinates for a block of the fixed grid.
+
+        Returns
+        -------
+        ndarray, shape (2, n_rows, n_cols)
+        """
+        yy, xx = np.mgrid[rows, cols]
+        points = np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64)
+        moving = self.fixed_to_moving(points)
+        shape = yy.shape
+        return np.stack([moving[:, 1].reshape(shape), moving[:, 0].reshape(shape)])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``transform.npz`` atomically (see the module docstring for the format)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez_compressed(
+            tmp,
+            affine=self.affine,
+            displacement=self.displacement.astype(np.float32),
+            fixed_full_to_working=self.fixed_full_to_working,
+            fixed_shape=np.asarray(self.fixed_shape, np.int64),
+            moving_shape=np.asarray(self.moving_shape, np.int64),
+        )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Transform:
+        with np.load(path) as data:
+            return cls(
+                affine=data["affine"],
+                displacement=data["displacement"],
+                fixed_full_to_working=data["fixed_full_to_working"],
+                fixed_shape=tuple(int(v) for v in data["fixed_shape"]),
+                moving_shape=tuple(int(v) for v in data["moving_shape"]),
+            )
