@@ -22,6 +22,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import color, filters, morphology, transform
 
+from .io import ImageInfo, choose_level, read_image
+
 MODALITIES = ("brightfield", "fluorescence")
 BRIGHTFIELD_CHANNELS = ("luminance", "hematoxylin", "eosin", "dab")
 
@@ -312,6 +314,11 @@ def preprocess(
         max(8, int(round(full_shape[1] * scale))),
     )
     signal = registration_channel(image, modality, channel, rgb, fluorescence_log)
+    if float(signal.max()) <= float(signal.min()):
+        raise BlankImageError(
+            f"the registration channel {channel!r} is blank (constant); check the scan or "
+            "choose another channel"
+        )
     signal = normalise_percentile(downsample(signal, working_shape), 0.0, 99.9)
     return Preprocessed(
         image=signal,
@@ -319,3 +326,58 @@ def preprocess(
         full_to_working=scale_matrix(full_shape, working_shape),
         full_shape=full_shape,
     )
+
+
+class BlankImageError(ValueError):
+    """The registration channel carries no signal (blank or constant image)."""
+
+
+def pair_scales(
+    fixed_info: ImageInfo,
+    moving_info: ImageInfo,
+    max_size: int,
+    pixel_size_um: float | None = None,
+) -> tuple[float, float]:
+    """Working scales of the fixed and moving images, giving both the same pixel size.
+
+    When both files state a physical pixel size, the moving scale compensates for the
+    difference (e.g. a 0.25 µm brightfield scan against a 0.65 µm fluorescence one);
+    otherwise both images are assumed to share one pixel size and get the same scale.
+    """
+    fixed_px, moving_px = fixed_info.pixel_size_um, moving_info.pixel_size_um
+    both_known = bool(fixed_px and moving_px)
+    target = pixel_size_um if both_known else None
+    fixed_scale = working_scale(fixed_info.shape, max_size, fixed_px, target)
+    if both_known:
+        # Same physical working pixel size: moving_px / moving_scale == fixed_px / fixed_scale.
+        moving_scale = fixed_scale * moving_px / fixed_px
+    else:
+        moving_scale = fixed_scale
+    # Never upsample the moving image more than needed: cap both at full resolution together.
+    if moving_scale > 1.0:
+        fixed_scale, moving_scale = fixed_scale / moving_scale, 1.0
+    return fixed_scale, moving_scale
+
+
+def preprocess_file(
+    info: ImageInfo,
+    modality: str,
+    channel_spec: str | None,
+    scale: float,
+    fluorescence_log: bool = False,
+) -> tuple[Preprocessed, str | int, int]:
+    """Read the pyramid level nearest the working resolution and preprocess it.
+
+    Returns
+    -------
+    preprocessed : Preprocessed
+    channel : str or int
+        The resolved registration channel.
+    level : int
+        The pyramid level that was read.
+    """
+    channel = resolve_channel(channel_spec, modality, info.channel_names, info.rgb)
+    level = choose_level(info, 1.0 / scale)
+    image = read_image(info.path, level)
+    result = preprocess(image, modality, channel, info.rgb, scale, info.shape, fluorescence_log)
+    return result, channel, level

@@ -1,0 +1,24 @@
+# regflow: register multimodal microscopy / histology image pairs across a cohort.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/preprocess.smk"
+include: "rules/rigid.smk"
+include: "rules/flow.smk"
+include: "rules/warp.smk"
+include: "rules/qc.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_outputs(),

@@ -1,0 +1,109 @@
+import hashlib
+import sys
+from pathlib import Path
+
+import pandas as pd
+from snakemake.utils import validate
+
+# The rule scripts' library, also used here to check the sample sheet before any job runs.
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+from regflow.samplesheet import check_sample_sheet  # noqa: E402
+
+validate(config, schema="../config/schemas/config.schema.yaml")
+
+OUTDIR = config["outdir"].rstrip("/")
+LIBRARY = Path(workflow.basedir) / "scripts" / "regflow"
+
+
+def load_samples(path):
+    if not Path(path).is_file():
+        raise ValueError(
+            f"sample sheet {path} not found; set `samples:` in the config or pass "
+            "--config samples=PATH"
+        )
+    table = pd.read_csv(path, sep="\t", dtype=str, comment="#", skip_blank_lines=True)
+    table.columns = [c.strip() for c in table.columns]
+    table = table.apply(lambda column: column.str.strip())
+    if "sample" not in table.columns:
+        raise ValueError(f"sample sheet {path}: no column 'sample'; found {list(table.columns)}")
+    return table
+
+
+samples = load_samples(config["samples"])
+validate(samples, schema="../config/schemas/samples.schema.yaml")
+_errors, _warnings = check_sample_sheet(samples, config["preprocess"]["max_pixels"])
+for _warning in _warnings:
+    logger.warning(f"sample sheet {config['samples']}: {_warning}")
+if _errors:
+    raise ValueError(
+        f"sample sheet {config['samples']} has {len(_errors)} problem(s):\n  - "
+        + "\n  - ".join(_errors)
+    )
+samples = samples.set_index("sample", drop=False)
+
+
+wildcard_constraints:
+    sample="|".join(samples.index) if len(samples) else "^$",
+
+
+def sample_value(column, default=""):
+    """Input/params function: a sample-sheet cell (default when empty or absent)."""
+
+    def get(wildcards):
+        value = samples.loc[wildcards.sample].get(column)
+        return default if value is None or pd.isna(value) else value
+
+    return get
+
+
+def has_landmarks(sample, role):
+    value = samples.loc[sample].get(f"{role}_landmarks")
+    return value is not None and not pd.isna(value) and value != ""
+
+
+def sample_row(wildcards):
+    """Every sheet value of a sample, so that editing one row reruns that sample only."""
+    row = samples.loc[wildcards.sample]
+    return {k: ("" if pd.isna(v) else v) for k, v in row.items()}
+
+
+def library_hash(*modules):
+    """Hash of library modules a rule imports: Snakemake does not track them itself."""
+    digest = hashlib.sha256()
+    for module in sorted(modules):
+        digest.update((LIBRARY / f"{module}.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def image_megabytes(path):
+    from regflow.io import read_info
+
+    info = read_info(path)
+    itemsize = pd.api.types.pandas_dtype(info.dtype).itemsize
+    return info.shape[0] * info.shape[1] * info.n_channels * itemsize / 2**20
+
+
+def mem_mb_warp(wildcards, attempt):
+    """Moving image + output of the fixed size (+ a third for the pyramid) + overhead."""
+    row = samples.loc[wildcards.sample]
+    moving = image_megabytes(row["moving"])
+    fixed = image_megabytes(row["fixed"])
+    return int((600 + 2 * moving + 1.5 * fixed) * attempt)
+
+
+def mem_mb_preprocess(wildcards, attempt):
+    row = samples.loc[wildcards.sample]
+    largest = max(image_megabytes(row["fixed"]), image_megabytes(row["moving"]))
+    return int((800 + 6 * largest) * attempt)
+
+
+def all_outputs():
+    outputs = [f"{OUTDIR}/summary.tsv", f"{OUTDIR}/summary.png"]
+    for sample in samples.index:
+        outputs += [
+            f"{OUTDIR}/{sample}/{name}"
+            for name in ("warped.ome.tif", "transform.npz", "metrics.json", "qc.png")
+        ]
+        if has_landmarks(sample, "moving"):
+            outputs.append(f"{OUTDIR}/{sample}/landmarks_warped.csv")
+    return outputs

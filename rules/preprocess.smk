@@ -1,0 +1,26 @@
+rule preprocess:
+    input:
+        fixed=sample_value("fixed"),
+        moving=sample_value("moving"),
+    output:
+        fixed=f"{OUTDIR}/{{sample}}/preprocess/fixed.npz",
+        moving=f"{OUTDIR}/{{sample}}/preprocess/moving.npz",
+        info=f"{OUTDIR}/{{sample}}/preprocess/preprocess.json",
+    params:
+        section=config["preprocess"],
+        row=sample_row,
+        code=library_hash("io", "preprocess", "runlog"),
+    log:
+        f"{OUTDIR}/logs/preprocess/{{sample}}.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/preprocess/{{sample}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_preprocess,
+        runtime=30,
+    group:
+        "sample"
+    conda:
+        "../envs/regflow.yaml"
+    script:
+        "../scripts/preprocess.py"

@@ -1,0 +1,74 @@
+"""Rule preprocess: registration channel, normalisation, working resolution, tissue mask."""
+
+import time
+
+from regflow.io import read_info
+from regflow.preprocess import pair_scales, preprocess_file
+from regflow.runlog import provenance, save_npz, stage_log, write_json
+
+sample = snakemake.wildcards.sample
+settings = snakemake.params.section
+row = snakemake.params.row
+
+with stage_log(snakemake.log[0], "preprocess", sample) as log:
+    start = time.perf_counter()
+    infos = {role: read_info(snakemake.input[role]) for role in ("fixed", "moving")}
+    for info in infos.values():
+        if info.shape[0] * info.shape[1] > settings["max_pixels"]:
+            raise ValueError(
+                f"{info.path}: {info.shape[0]}×{info.shape[1]} pixels exceeds "
+                f"preprocess.max_pixels={settings['max_pixels']}"
+            )
+    scales = dict(
+        zip(
+            ("fixed", "moving"),
+            pair_scales(
+                infos["fixed"], infos["moving"], settings["max_size"], settings["pixel_size_um"]
+            ),
+            strict=True,
+        )
+    )
+    summary = {"sample": sample}
+    for role, info in infos.items():
+        modality = row.get(f"{role}_modality") or "brightfield"
+        result, channel, level = preprocess_file(
+            info, modality, row.get(f"{role}_channel"), scales[role], settings["fluorescence_log"]
+        )
+        log.info(
+            "%s %s: %s, %d channel(s) %s, %s; channel %r; pyramid level %d; working %s (scale %.4f)",
+            role,
+            info.path,
+            modality,
+            info.n_channels,
+            info.channel_names,
+            info.dtype,
+            channel,
+            level,
+            result.image.shape,
+            scales[role],
+        )
+        save_npz(
+            snakemake.output[role],
+            image=result.image,
+            tissue_mask=result.tissue_mask,
+            full_to_working=result.full_to_working,
+            full_shape=result.full_shape,
+        )
+        summary[role] = {
+            "path": info.path,
+            "modality": modality,
+            "channel": channel,
+            "channel_names": info.channel_names,
+            "n_channels": info.n_channels,
+            "dtype": info.dtype,
+            "rgb": info.rgb,
+            "shape": info.shape,
+            "pixel_size_um": info.pixel_size_um,
+            "pyramid_level": level,
+            "working_scale": scales[role],
+            "working_shape": result.image.shape,
+            "tissue_fraction": float(result.tissue_mask.mean()),
+        }
+    summary["seconds"] = time.perf_counter() - start
+    summary["provenance"] = provenance(settings)
+    write_json(snakemake.output.info, summary)

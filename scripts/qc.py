@@ -1,0 +1,94 @@
+"""Rule qc: similarity and landmark errors per stage, status, metrics.json and qc.png."""
+
+import numpy as np
+
+from regflow.points import read_points
+from regflow.qc import (
+    WorkingImage,
+    decide_status,
+    landmark_errors,
+    qc_figure,
+    similarity_by_stage,
+    stage_transforms,
+)
+from regflow.runlog import provenance, read_json, stage_log, write_json
+from regflow.transform import Transform
+
+sample = snakemake.wildcards.sample
+settings = snakemake.params.section
+
+
+def working_image(path):
+    with np.load(path) as data:
+        return WorkingImage(data["image"], data["tissue_mask"], data["full_to_working"])
+
+
+with stage_log(snakemake.log[0], "qc", sample) as log:
+    fixed = working_image(snakemake.input.fixed)
+    moving = working_image(snakemake.input.moving)
+    preprocess_info = read_json(snakemake.input.preprocess)
+    rigid = read_json(snakemake.input.rigid)
+    flow = read_json(snakemake.input.flow)
+    transform = Transform.load(snakemake.input.transform)
+    transforms = stage_transforms(transform)
+    similarity, warped = similarity_by_stage(fixed, moving, transforms)
+
+    landmarks = mapped = fixed_points = None
+    if "landmarks_warped" in snakemake.input.keys():
+        fixed_points = read_points(snakemake.input.fixed_landmarks)
+        height, width = transform.fixed_shape
+        landmarks, mapped = landmark_errors(
+            fixed_points,
+            read_points(snakemake.input.moving_landmarks),
+            read_points(snakemake.input.landmarks_warped),
+            transforms,
+            diagonal=float(np.hypot(height, width)),
+        )
+
+    status, reason = decide_status(
+        flow["accepted"], similarity["final"]["ncc"], settings["min_ncc"], flow["reason"]
+    )
+    pixel_size = preprocess_info["moving"]["pixel_size_um"]
+    translation = np.asarray(rigid["translation_px"])
+    metrics = {
+        "sample": sample,
+        "status": status,
+        "reason": reason,
+        "similarity": similarity,
+        "rigid": {
+            "rotation_deg": rigid["rotation_deg"],
+            "scale": rigid["scale"],
+            "mirrored": rigid["mirrored"],
+            "translation_px": translation,
+            "translation_um": translation * pixel_size if pixel_size else None,
+            "fixed_to_moving": rigid["fixed_to_moving_full"],
+        },
+        "flow": {k: flow[k] for k in ("accepted", "reason", "displacement_max_px", "displacement_mean_px")},
+        "landmarks": landmarks,
+        "seconds": {
+            "preprocess": preprocess_info["seconds"],
+            "rigid": rigid["seconds"],
+            "flow": flow["seconds"],
+        },
+        "provenance": provenance(settings),
+    }
+    write_json(snakemake.output.metrics, metrics)
+    qc_figure(
+        snakemake.output.figure,
+        sample,
+        fixed,
+        moving,
+        warped,
+        transform,
+        metrics,
+        landmarks=mapped,
+        fixed_landmarks=fixed_points,
+    )
+    log.info(
+        "status %s; NCC %.3f → %.3f → %.3f%s",
+        status,
+        similarity["initial"]["ncc"],
+        similarity["rigid"]["ncc"],
+        similarity["final"]["ncc"],
+        f"; {reason}" if reason else "",
+    )

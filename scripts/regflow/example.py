@@ -1,0 +1,212 @@
+"""A small example cohort made from a real IHC slide that scikit-image ships, with known warps.
+
+The base image is scikit-image's ``immunohistochemistry`` (a brightfield RGB IHC section:
+hematoxylin nuclei, DAB-stained antigen). Fluorescence images are simulated from it by colour
+deconvolution — DAPI from the hematoxylin density, a marker channel from DAB — so brightfield
+and fluorescence images of one scene show the same nuclei with inverted contrast.
+
+Every moving image is rendered from the fixed scene through a known mapping, and the fixed
+landmarks are mapped to the moving image through the same mapping, so the landmark files are
+exact ground truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+from skimage import color, data, feature, transform
+
+from .io import write_ome_tiff
+from .rigid import similarity_matrix
+from .transform import apply_matrix
+
+
+@dataclass(frozen=True)
+class KnownWarp:
+    """Moving pixel ``q`` shows fixed pixel ``affine⁻¹ q + elastic(q)``.
+
+    ``affine`` maps fixed to moving ``(x, y)``; ``elastic_px`` is the amplitude of a smooth
+    random displacement (fixed pixels) and ``seed`` makes it reproducible.
+    """
+
+    angle_deg: float
+    scale: float
+    shift: tuple[float, float]
+    elastic_px: float = 0.0
+    seed: int = 0
+
+    def affine(self, fixed_shape, moving_shape) -> np.ndarray:
+        centre_f = np.array([(fixed_shape[1] - 1) / 2, (fixed_shape[0] - 1) / 2])
+        centre_m = np.array([(moving_shape[1] - 1) / 2, (moving_shape[0] - 1) / 2])
+        return similarity_matrix(self.angle_deg, self.scale, self.shift, centre_f, centre_m)
+
+    def elastic_field(self, moving_shape) -> np.ndarray:
+        """Smooth displacement ``(dx, dy)`` on the moving grid, max magnitude ``elastic_px``."""
+        if self.elastic_px == 0:
+            return np.zeros((2, *moving_shape))
+        rng = np.random.default_rng(self.seed)
+        sigma = max(moving_shape) / 8
+        field = np.stack([ndi.gaussian_filter(rng.normal(size=moving_shape), sigma) for _ in range(2)])
+        return field * (self.elastic_px / np.abs(field).max())
+
+
+def _sample_field(field: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
+    coords = [points_xy[:, 1], points_xy[:, 0]]
+    return np.stack([ndi.map_coordinates(f, coords, order=1, mode="nearest") for f in field], axis=1)
+
+
+def render_moving(
+    fixed_image: np.ndarray, warp: KnownWarp, moving_shape: tuple[int, int], fill: np.ndarray
+) -> np.ndarray:
+    """Render a ``(C, Y, X)`` fixed scene as the moving image (float64)."""
+    affine = warp.affine(fixed_image.shape[1:], moving_shape)
+    field = warp.elastic_field(moving_shape)
+    rows, cols = np.mgrid[: moving_shape[0], : moving_shape[1]].astype(np.float64)
+    moving_xy = np.stack([cols.ravel(), rows.ravel()], axis=1)
+    fixed_xy = apply_matrix(np.linalg.inv(affine), moving_xy)
+    fixed_xy += np.stack([field[0].ravel(), field[1].ravel()], axis=1)
+    coords = [fixed_xy[:, 1], fixed_xy[:, 0]]
+    out = [
+        ndi.map_coordinates(channel.astype(np.float64), coords, order=1, cval=float(value))
+        for channel, value in zip(fixed_image, fill, strict=True)
+    ]
+    return np.stack(out).reshape(fixed_image.shape[0], *moving_shape)
+
+
+def map_landmarks(
+    fixed_points: np.ndarray, warp: KnownWarp, fixed_shape, moving_shape
+) -> np.ndarray:
+    """Moving positions of fixed landmarks: solve ``affine⁻¹ q + elastic(q) = p`` for ``q``."""
+    affine = warp.affine(fixed_shape, moving_shape)
+    field = warp.elastic_field(moving_shape)
+    moving = apply_matrix(affine, fixed_points)
+    for _ in range(100):
+        moving = apply_matrix(affine, fixed_points - _sample_field(field, moving))
+    return moving
+
+
+def fixed_landmarks(signal: np.ndarray, n_points: int = 24, margin: int = 24) -> np.ndarray:
+    """Distinctive points (Harris corners) of the fixed scene, ``(n, 2)`` as ``(x, y)``."""
+    response = feature.corner_harris(ndi.gaussian_filter(signal, 2.0))
+    peaks = feature.corner_peaks(
+        response, min_distance=max(8, min(signal.shape) // 12), num_peaks=n_points,
+        exclude_border=margin,
+    )
+    return peaks[:, ::-1].astype(np.float64)
+
+
+def fluorescence_from_brightfield(rgb: np.ndarray, seed: int = 1) -> np.ndarray:
+    """Simulated 16-bit fluorescence ``(2, Y, X)``: DAPI (hematoxylin) and a DAB marker."""
+    hed = color.rgb2hed(np.moveaxis(rgb, 0, -1))
+    rng = np.random.default_rng(seed)
+    channels = []
+    for index, gain in ((0, 30000.0), (2, 20000.0)):
+        density = np.clip(hed[..., index], 0, None)
+        density = density / max(float(np.percentile(density, 99.5)), 1e-6)
+        signal = 400.0 + gain * np.clip(density, 0, 1.5) + rng.normal(0, 150.0, density.shape)
+        channels.append(np.clip(signal, 0, 65535))
+    return np.stack(channels).astype(np.uint16)
+
+
+def _save_points(path: Path, points: np.ndarray) -> None:
+    # ANHIR/BIRL layout: a leading index column, then X, Y.
+    pd.DataFrame({"X": points[:, 0], "Y": points[:, 1]}).to_csv(path, index=True)
+
+
+def make_cohort(outdir: str | Path, size: int | None = None) -> pd.DataFrame:
+    """Write the example images and landmarks; return the sample sheet (paths as written).
+
+    Parameters
+    ----------
+    outdir : path
+    size : int, optional
+        Resize the base slide so that its side is ``size`` px (tests use small ones).
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    rgb = np.moveaxis(data.immunohistochemistry(), -1, 0)
+    if size is not None and size != rgb.shape[1]:
+        resized = transform.resize(np.moveaxis(rgb, 0, -1), (size, size), anti_aliasing=True)
+        rgb = np.moveaxis(np.round(resized * 255), -1, 0).astype(np.uint8)
+    shape = rgb.shape[1:]
+    white = np.full(3, 255.0)
+    fluorescence = fluorescence_from_brightfield(rgb)
+    dark = np.array([400.0, 400.0])
+    hematoxylin = np.clip(color.rgb2hed(np.moveaxis(rgb, 0, -1))[..., 0], 0, None)
+    landmarks = fixed_landmarks(hematoxylin, margin=max(8, shape[0] // 16))
+
+    pixel_size = 0.5
+    write_ome_tiff(outdir / "ihc_fixed.ome.tif", rgb, ["R", "G", "B"], pixel_size, rgb=True)
+    _save_points(outdir / "ihc_fixed_landmarks.csv", landmarks)
+    write_ome_tiff(
+        outdir / "fluorescence_fixed.ome.tif", fluorescence, ["DAPI", "DAB-marker"], pixel_size
+    )
+    _save_points(outdir / "fluorescence_fixed_landmarks.csv", landmarks)
+
+    # 1. brightfield → brightfield, rigid: rotation and shift.
+    warp = KnownWarp(angle_deg=25.0, scale=1.0, shift=(0.04 * shape[1], -0.03 * shape[0]))
+    moving = render_moving(rgb, warp, shape, white)
+    write_ome_tiff(
+        outdir / "ihc_rigid_moving.ome.tif", np.round(moving).astype(np.uint8), ["R", "G", "B"],
+        pixel_size, rgb=True,
+    )
+    _save_points(outdir / "ihc_rigid_moving_landmarks.csv", map_landmarks(landmarks, warp, shape, shape))
+
+    # 2. brightfield → fluorescence scanned at a coarser pixel size (0.65 µm): the OME pixel
+    #    sizes carry the scale; rotation, shift and a smooth elastic deformation on top.
+    coarse = 0.65
+    moving_shape = tuple(int(round(n * pixel_size / coarse)) for n in shape)
+    warp = KnownWarp(
+        angle_deg=-40.0, scale=pixel_size / coarse, shift=(0.03 * shape[1], 0.02 * shape[0]),
+        elastic_px=0.012 * shape[0], seed=2,
+    )
+    moving = render_moving(fluorescence, warp, moving_shape, dark)
+    write_ome_tiff(
+        outdir / "fluorescence_moving.ome.tif", np.clip(np.round(moving), 0, 65535).astype(np.uint16),
+        ["DAPI", "DAB-marker"], coarse,
+    )
+    _save_points(
+        outdir / "fluorescence_moving_landmarks.csv", map_landmarks(landmarks, warp, shape, moving_shape)
+    )
+
+    # 3. fluorescence → brightfield PNG (no pixel size): near-180° rotation + elastic.
+    warp = KnownWarp(
+        angle_deg=172.0, scale=1.03, shift=(-0.02 * shape[1], 0.03 * shape[0]),
+        elastic_px=0.015 * shape[0], seed=3,
+    )
+    moving = render_moving(rgb, warp, shape, white)
+    from skimage.io import imsave
+
+    imsave(outdir / "ihc_elastic_moving.png", np.moveaxis(np.round(moving).astype(np.uint8), 0, -1), check_contrast=False)
+    _save_points(outdir / "ihc_elastic_moving_landmarks.csv", map_landmarks(landmarks, warp, shape, shape))
+
+    def row(sample, fixed, moving, fixed_modality, moving_modality, fixed_channel, moving_channel, fixed_lm, moving_lm):
+        return {
+            "sample": sample,
+            "fixed": str(outdir / fixed),
+            "moving": str(outdir / moving),
+            "fixed_modality": fixed_modality,
+            "moving_modality": moving_modality,
+            "fixed_channel": fixed_channel,
+            "moving_channel": moving_channel,
+            "fixed_landmarks": str(outdir / fixed_lm),
+            "moving_landmarks": str(outdir / moving_lm),
+        }
+
+    return pd.DataFrame(
+        [
+            row("ihc_rigid", "ihc_fixed.ome.tif", "ihc_rigid_moving.ome.tif", "brightfield",
+                "brightfield", "hematoxylin", "hematoxylin", "ihc_fixed_landmarks.csv",
+                "ihc_rigid_moving_landmarks.csv"),
+            row("ihc_to_fluorescence", "ihc_fixed.ome.tif", "fluorescence_moving.ome.tif",
+                "brightfield", "fluorescence", "hematoxylin", "DAPI", "ihc_fixed_landmarks.csv",
+                "fluorescence_moving_landmarks.csv"),
+            row("fluorescence_to_ihc", "fluorescence_fixed.ome.tif", "ihc_elastic_moving.png",
+                "fluorescence", "brightfield", "DAPI", "hematoxylin",
+                "fluorescence_fixed_landmarks.csv", "ihc_elastic_moving_landmarks.csv"),
+        ]
+    )

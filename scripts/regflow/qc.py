@@ -1,0 +1,364 @@
+"""Quality control: per-stage similarity, landmark errors, status, figures and cohort summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import ndimage as ndi  # noqa: E402
+
+from .metrics import ncc, nmi, target_registration_error, tre_summary  # noqa: E402
+from .transform import Transform, apply_matrix  # noqa: E402
+
+STAGES = ("initial", "rigid", "final")
+SUMMARY_COLUMNS = [
+    "sample",
+    "status",
+    "ncc_initial",
+    "ncc_rigid",
+    "ncc_final",
+    "nmi_initial",
+    "nmi_rigid",
+    "nmi_final",
+    "rtre_initial",
+    "rtre_rigid",
+    "rtre_final",
+    "tre_final_px",
+    "rotation_deg",
+    "scale",
+    "seconds",
+    "flags",
+    "reason",
+]
+
+
+@dataclass
+class WorkingImage:
+    """A preprocessed image as stored by the preprocess rule."""
+
+    image: np.ndarray
+    tissue_mask: np.ndarray
+    full_to_working: np.ndarray
+
+
+def resample_to_fixed(
+    fixed: WorkingImage, moving: WorkingImage, transform: Transform, values: np.ndarray
+) -> np.ndarray:
+    """Sample a moving working-resolution array on the fixed working grid through a transform.
+
+    Works for any :class:`Transform` (identity, global, or with displacement) because it goes
+    through full-resolution coordinates: working fixed → full fixed → full moving → working.
+    """
+    rows, cols = np.mgrid[: fixed.image.shape[0], : fixed.image.shape[1]]
+    points = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64)
+    full = apply_matrix(np.linalg.inv(fixed.full_to_working), points)
+    moving_full = transform.fixed_to_moving(full)
+    moving_working = apply_matrix(moving.full_to_working, moving_full)
+    coords = np.stack([moving_working[:, 1], moving_working[:, 0]])
+    sampled = ndi.map_coordinates(values.astype(np.float32), coords, order=1, cval=0.0)
+    return sampled.reshape(fixed.image.shape)
+
+
+def stage_transforms(transform: Transform) -> dict[str, Transform]:
+    """The unregistered (identity), global-only and final transforms of one result."""
+    fixed_shape, moving_shape = transform.fixed_shape, transform.moving_shape
+    return {
+        "initial": Transform.from_affine(np.eye(3), fixed_shape, moving_shape),
+        "rigid": Transform.from_affine(transform.affine, fixed_shape, moving_shape),
+        "final": transform,
+    }
+
+
+def similarity_by_stage(
+    fixed: WorkingImage, moving: WorkingImage, transforms: dict[str, Transform]
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """NCC and NMI on the tissue masks (fixed ∪ warped moving) for each stage.
+
+    Returns
+    -------
+    metrics : dict
+        ``{stage: {"ncc": …, "nmi": …}}``
+    warped : dict
+        ``{stage: moving image on the fixed working grid}`` (for figures).
+    """
+    metrics, warped = {}, {}
+    for stage, transform in transforms.items():
+        image = resample_to_fixed(fixed, moving, transform, moving.image)
+        mask = resample_to_fixed(fixed, moving, transform, moving.tissue_mask) > 0.5
+        region = fixed.tissue_mask | mask
+        metrics[stage] = {"ncc": ncc(fixed.image, image, region), "nmi": nmi(fixed.image, image, region)}
+        warped[stage] = image
+    return metrics, warped
+
+
+def landmark_errors(
+    fixed_points: np.ndarray,
+    moving_points: np.ndarray,
+    warped_points: np.ndarray,
+    transforms: dict[str, Transform],
+    diagonal: float,
+) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """TRE summaries per stage; the final stage uses the workflow's own warped landmarks.
+
+    Returns
+    -------
+    summaries : dict
+        ``{stage: tre_summary}``
+    mapped : dict
+        ``{stage: moving landmarks in the fixed frame, (n, 2)}``
+    """
+    n = min(len(fixed_points), len(moving_points))
+    fixed_points, moving_points = fixed_points[:n], moving_points[:n]
+    mapped = {
+        "initial": moving_points.copy(),
+        "rigid": transforms["rigid"].moving_to_fixed(moving_points),
+        "final": np.asarray(warped_points[:n], np.float64),
+    }
+    summaries = {
+        stage: tre_summary(target_registration_error(points, fixed_points), diagonal)
+        for stage, points in mapped.items()
+    }
+    return summaries, mapped
+
+
+def decide_status(flow_accepted: bool, ncc_final: float, min_ncc: float, flow_reason: str) -> tuple[str, str]:
+    """``ok``, ``rigid_only`` (refinement rejected) or ``failed`` (implausible final similarity)."""
+    if not np.isfinite(ncc_final) or ncc_final < min_ncc:
+        return "failed", (
+            f"final NCC {ncc_final:.3f} on the tissue mask is below qc.min_ncc={min_ncc}: the "
+            "images were probably not aligned; check channels, modalities and the QC figure"
+        )
+    if not flow_accepted:
+        return "rigid_only", flow_reason
+    return "ok", ""
+
+
+def _composite(fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
+    """Magenta (fixed) / green (moving) overlay: white where both agree."""
+    return np.clip(np.stack([fixed, moving, fixed], axis=-1), 0, 1)
+
+
+def _checkerboard(fixed: np.ndarray, moving: np.ndarray, n_squares: int = 8) -> np.ndarray:
+    size = max(1, max(fixed.shape) // n_squares)
+    rows, cols = np.indices(fixed.shape)
+    board = ((rows // size + cols // size) % 2).astype(bool)
+    return np.where(board, fixed, moving)
+
+
+def _show(ax, image, title, cmap=None, **kwargs):
+    ax.imshow(image, cmap=cmap, interpolation="nearest", **kwargs)
+    ax.set_title(title, fontsize=11)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def qc_figure(
+    path: str,
+    sample: str,
+    fixed: WorkingImage,
+    moving: WorkingImage,
+    warped: dict[str, np.ndarray],
+    transform: Transform,
+    metrics: dict,
+    landmarks: dict[str, np.ndarray] | None = None,
+    fixed_landmarks: np.ndarray | None = None,
+) -> None:
+    """Write the per-sample QC figure (≈1800 px wide PNG).
+
+    Panels: fixed with tissue outline, moving, magenta/green overlays before, after the global
+    transform and final, a final checkerboard, the deformation magnitude with arrows,
+    landmarks with error vectors, and the metrics.
+    """
+    fig, axes = plt.subplots(2, 5, figsize=(20, 8.6), dpi=90, layout="constrained")
+    status = metrics["status"]
+    colour = {"ok": "#1a7f37", "rigid_only": "#9a6700", "failed": "#cf222e"}.get(status, "black")
+    fig.suptitle(f"{sample} — status: {status}", fontsize=16, color=colour, fontweight="bold")
+    sim = metrics["similarity"]
+
+    _show(axes[0, 0], fixed.image, "fixed (registration channel)", "gray")
+    axes[0, 0].contour(fixed.tissue_mask, levels=[0.5], colors="#00bfff", linewidths=1)
+    _show(axes[0, 1], moving.image, "moving (as scanned)", "gray")
+    axes[0, 1].contour(moving.tissue_mask, levels=[0.5], colors="#00bfff", linewidths=1)
+    for ax, stage, label in zip(
+        (axes[0, 2], axes[0, 3], axes[0, 4]),
+        STAGES,
+        ("before registration", "after global (rigid)", "after refinement (final)"),
+        strict=True,
+    ):
+        _show(
+            ax,
+            _composite(fixed.image, warped[stage]),
+            f"{label}\nNCC {sim[stage]['ncc']:.3f}  NMI {sim[stage]['nmi']:.3f}",
+        )
+    _show(axes[1, 0], _checkerboard(fixed.image, warped["final"]), "checkerboard fixed / final", "gray")
+
+    # Deformation: magnitude of the non-rigid part, in full-resolution pixels.
+    magnitude = np.hypot(*transform.displacement)
+    image = axes[1, 1].imshow(magnitude, cmap="viridis")
+    fig.colorbar(image, ax=axes[1, 1], shrink=0.8, label="px (full resolution)")
+    step = max(1, max(magnitude.shape) // 16)
+    yy, xx = np.mgrid[0 : magnitude.shape[0] : step, 0 : magnitude.shape[1] : step]
+    if transform.has_displacement:
+        axes[1, 1].quiver(
+            xx, yy, transform.displacement[0][::step, ::step], transform.displacement[1][::step, ::step],
+            color="white", scale_units="xy", angles="xy", width=0.004,
+        )
+    axes[1, 1].set_title(
+        f"non-rigid displacement (max {magnitude.max():.1f} px)", fontsize=11
+    )
+    axes[1, 1].set_xticks([])
+    axes[1, 1].set_yticks([])
+
+    ax = axes[1, 2]
+    _show(ax, fixed.image, "landmarks: fixed ○, moving ×\nlines = error before (red) / after (green)", "gray")
+    if landmarks is not None and fixed_landmarks is not None:
+        to_working = fixed.full_to_working
+        reference = apply_matrix(to_working, fixed_landmarks[: len(landmarks["final"])])
+        for stage, line_colour in (("initial", "#ff4040"), ("final", "#40ff40")):
+            points = apply_matrix(to_working, landmarks[stage])
+            for a, b in zip(reference, points, strict=True):
+                if np.isfinite(b).all():
+                    ax.plot([a[0], b[0]], [a[1], b[1]], color=line_colour, linewidth=1.2)
+        final = apply_matrix(to_working, landmarks["final"])
+        ax.scatter(reference[:, 0], reference[:, 1], s=36, facecolors="none", edgecolors="#00bfff")
+        ax.scatter(final[:, 0], final[:, 1], s=30, marker="x", color="#ffd700")
+    else:
+        ax.text(0.5, 0.5, "no landmarks given", ha="center", va="center", color="white", transform=ax.transAxes)
+
+    # Text panel spanning the last two axes.
+    for ax in axes[1, 3:]:
+        ax.axis("off")
+    lines = [f"status: {status}"]
+    if metrics.get("reason"):
+        lines.append(f"reason: {_wrap(metrics['reason'], 60)}")
+    lines.append("")
+    lines.append("stage      NCC     NMI    median rTRE")
+    tre = metrics.get("landmarks") or {}
+    for stage in STAGES:
+        rtre = (tre.get(stage) or {}).get("rtre_median")
+        rtre_text = f"{rtre:.5f}" if rtre is not None else "—"
+        lines.append(f"{stage:<9} {sim[stage]['ncc']:6.3f}  {sim[stage]['nmi']:6.3f}   {rtre_text}")
+    rigid = metrics["rigid"]
+    lines += [
+        "",
+        f"rotation {rigid['rotation_deg']:.2f}°   scale {rigid['scale']:.4f}"
+        + ("   mirrored" if rigid.get("mirrored") else ""),
+        f"translation {rigid['translation_px'][0]:.1f}, {rigid['translation_px'][1]:.1f} px",
+    ]
+    if tre.get("final") and tre["final"].get("tre_median") is not None:
+        final = tre["final"]
+        lines.append(
+            f"final TRE px: median {final['tre_median']:.2f}, max {final['tre_max']:.2f} "
+            f"({final['n_landmarks']} landmarks, {final['n_unmapped']} unmapped)"
+        )
+    seconds = metrics.get("seconds", {})
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items() if v is not None))
+    axes[1, 3].text(
+        0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=11,
+        transform=axes[1, 3].transAxes,
+    )
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _wrap(text: str, width: int) -> str:
+    words, lines, current = text.split(), [], ""
+    for word in words:
+        if len(current) + len(word) + 1 > width and current:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}".strip()
+    lines.append(current)
+    return "\n        ".join(lines)
+
+
+def summary_row(metrics: dict) -> dict:
+    """One row of summary.tsv from a sample's metrics.json."""
+    sim = metrics.get("similarity") or {}
+    tre = metrics.get("landmarks") or {}
+    rigid = metrics.get("rigid") or {}
+    row = {"sample": metrics["sample"], "status": metrics["status"], "reason": metrics.get("reason", "")}
+    for stage in STAGES:
+        row[f"ncc_{stage}"] = (sim.get(stage) or {}).get("ncc")
+        row[f"nmi_{stage}"] = (sim.get(stage) or {}).get("nmi")
+        row[f"rtre_{stage}"] = (tre.get(stage) or {}).get("rtre_median")
+    row["tre_final_px"] = (tre.get("final") or {}).get("tre_median")
+    row["rotation_deg"] = rigid.get("rotation_deg")
+    row["scale"] = rigid.get("scale")
+    row["seconds"] = sum(v for v in (metrics.get("seconds") or {}).values() if v)
+    row["flags"] = ";".join(outlier_flags(row))
+    return row
+
+
+def outlier_flags(row: dict) -> list[str]:
+    """Reasons a sample deserves a look, for the cohort view."""
+    flags = []
+    if row["status"] != "ok":
+        flags.append(row["status"])
+    if row.get("ncc_final") is not None and row.get("ncc_initial") is not None:
+        if row["ncc_final"] < row["ncc_initial"]:
+            flags.append("similarity_decreased")
+        if row["ncc_final"] < 0.2:
+            flags.append("low_similarity")
+    if row.get("rtre_final") is not None and row.get("rtre_initial") is not None:
+        if row["rtre_final"] > row["rtre_initial"]:
+            flags.append("landmarks_worse")
+    if row.get("rotation_deg") is not None and abs(row["rotation_deg"]) > 30:
+        flags.append("large_rotation")
+    if row.get("scale") is not None and abs(np.log(row["scale"])) > np.log(1.1):
+        flags.append("large_scale_change")
+    return flags
+
+
+def summary_table(all_metrics: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([summary_row(m) for m in all_metrics], columns=SUMMARY_COLUMNS)
+
+
+def summary_figure(path: str, table: pd.DataFrame) -> None:
+    """Cohort view: similarity and rTRE before → after per sample, flagged samples in red."""
+    n = len(table)
+    height = max(3.5, 0.45 * n + 1.8)
+    fig, axes = plt.subplots(1, 2, figsize=(16, height), dpi=90, layout="constrained")
+    order = table.iloc[::-1]
+    y = np.arange(n)
+    flagged = order["flags"].fillna("").astype(str) != ""
+    label_colours = ["#cf222e" if f else "black" for f in flagged]
+    panels = (
+        ("ncc", "NCC on tissue mask (higher is better)", False),
+        ("rtre", "median rTRE (lower is better)", True),
+    )
+    for ax, (prefix, title, log_scale) in zip(axes, panels, strict=True):
+        start = pd.to_numeric(order[f"{prefix}_initial"], errors="coerce").to_numpy()
+        middle = pd.to_numeric(order[f"{prefix}_rigid"], errors="coerce").to_numpy()
+        end = pd.to_numeric(order[f"{prefix}_final"], errors="coerce").to_numpy()
+        for yi, a, b in zip(y, start, end, strict=True):
+            if np.isfinite(a) and np.isfinite(b):
+                ax.annotate("", xy=(b, yi), xytext=(a, yi), arrowprops={"arrowstyle": "->", "color": "#888"})
+        ax.scatter(start, y, color="#999999", label="initial", zorder=3)
+        ax.scatter(middle, y, color="#4e79a7", marker="s", label="rigid", zorder=3)
+        ax.scatter(end, y, color="#1a7f37", marker="D", label="final", zorder=3)
+        ax.set_yticks(y)
+        ax.set_yticklabels(
+            [f"{s} [{st}]" for s, st in zip(order["sample"], order["status"], strict=True)]
+        )
+        for tick, colour in zip(ax.get_yticklabels(), label_colours, strict=True):
+            tick.set_color(colour)
+        ax.set_title(title)
+        ax.grid(axis="x", alpha=0.3)
+        if log_scale and np.isfinite(np.concatenate([start, end])).any():
+            ax.set_xscale("log")
+        if not np.isfinite(np.concatenate([start, end])).any():
+            ax.text(0.5, 0.5, "no landmarks in this cohort", ha="center", transform=ax.transAxes)
+        ax.legend(loc="lower right", fontsize=9)
+    n_flagged = int(flagged.sum())
+    fig.suptitle(
+        f"regflow cohort: {n} sample(s); {n_flagged} flagged for review (red)", fontsize=14
+    )
+    fig.savefig(path)
+    plt.close(fig)

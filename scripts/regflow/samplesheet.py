@@ -1,0 +1,97 @@
+"""Checks of a sample sheet against the files it names, before any job runs.
+
+Every problem is collected (not just the first), each naming the sample, the column, the
+value and what to do, so that a cohort of hundreds of rows is fixed in one pass.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pandas as pd
+
+from .io import ImageReadError, read_info
+from .points import PointsError, read_points
+from .preprocess import ChannelError, resolve_channel
+
+SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+ROLES = ("fixed", "moving")
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == ""
+
+
+def check_sample_sheet(
+    samples: pd.DataFrame, max_pixels: int | None = None
+) -> tuple[list[str], list[str]]:
+    """Validate rows and the files they name.
+
+    Parameters
+    ----------
+    samples : DataFrame
+        The sheet as read (strings; missing cells NaN), with a ``sample`` column.
+    max_pixels : int, optional
+        Largest accepted full-resolution image (rows × columns).
+
+    Returns
+    -------
+    errors : list of str
+    warnings : list of str
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    ids = samples["sample"].astype(str)
+    for duplicate in sorted(set(ids[ids.duplicated()])):
+        errors.append(f"sample {duplicate!r}: column sample: the id appears more than once; ids must be unique")
+    for _, row in samples.iterrows():
+        sample = str(row["sample"])
+        where = f"sample {sample!r}"
+        if not SAMPLE_ID.match(sample) or ".." in sample:
+            errors.append(
+                f"{where}: column sample: unsafe id (ids become folder names); use letters, "
+                "digits, '_', '-' and '.', starting with a letter or digit, without '..'"
+            )
+        landmark_counts = {}
+        for role in ROLES:
+            column = role
+            path = row.get(column)
+            if _blank(path):
+                errors.append(f"{where}: column {column}: empty; give the {role} image path")
+                continue
+            info = None
+            try:
+                info = read_info(path)
+            except ImageReadError as exc:
+                errors.append(f"{where}: column {column}: {exc}")
+            modality = row.get(f"{role}_modality")
+            modality = "brightfield" if _blank(modality) else str(modality)
+            if info is not None:
+                if max_pixels and info.shape[0] * info.shape[1] > max_pixels:
+                    errors.append(
+                        f"{where}: column {column}: {path} has {info.shape[0]}×{info.shape[1]} "
+                        f"pixels, more than preprocess.max_pixels={max_pixels}; raise the cap "
+                        "or use a downsampled export"
+                    )
+                try:
+                    resolve_channel(row.get(f"{role}_channel"), modality, info.channel_names, info.rgb)
+                except ChannelError as exc:
+                    errors.append(f"{where}: column {role}_channel: {exc}")
+            landmarks = row.get(f"{role}_landmarks")
+            if not _blank(landmarks):
+                column = f"{role}_landmarks"
+                if not os.path.isfile(str(landmarks)):
+                    errors.append(f"{where}: column {column}: {landmarks}: file not found")
+                    continue
+                try:
+                    landmark_counts[role] = len(read_points(landmarks))
+                except PointsError as exc:
+                    errors.append(f"{where}: column {column}: {exc}")
+        if len(landmark_counts) == 2 and landmark_counts["fixed"] != landmark_counts["moving"]:
+            warnings.append(
+                f"{where}: fixed_landmarks has {landmark_counts['fixed']} rows and "
+                f"moving_landmarks {landmark_counts['moving']}; the first "
+                f"{min(landmark_counts.values())} rows are paired (ANHIR rule)"
+            )
+    return errors, warnings
