@@ -1,4 +1,6 @@
 # regflow: register multimodal microscopy / histology image pairs across a cohort.
+import re
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -11,6 +13,12 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    sample="|".join(map(re.escape, samples.index)),
+
+
 include: "rules/preprocess.smk"
 include: "rules/rigid.smk"
 include: "rules/flow.smk"

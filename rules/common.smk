@@ -25,7 +25,9 @@ def load_samples(path):
     table.columns = [c.strip() for c in table.columns]
     table = table.apply(lambda column: column.str.strip())
     if "sample" not in table.columns:
-        raise ValueError(f"sample sheet {path}: no column 'sample'; found {list(table.columns)}")
+        raise ValueError(
+            f"sample sheet {path}: no column 'sample'; found {list(table.columns)}"
+        )
     return table
 
 
@@ -40,10 +42,6 @@ if _errors:
         + "\n  - ".join(_errors)
     )
 samples = samples.set_index("sample", drop=False)
-
-
-wildcard_constraints:
-    sample="|".join(samples.index) if len(samples) else "^$",
 
 
 def sample_value(column, default=""):
@@ -68,7 +66,7 @@ def sample_row(wildcards):
 
 
 def library_hash(*modules):
-    """Hash of library modules a rule imports: Snakemake does not track them itself."""
+    """Hash of the library modules a stage imports (Snakemake does not track those)."""
     digest = hashlib.sha256()
     for module in sorted(modules):
         digest.update((LIBRARY / f"{module}.py").read_bytes())
@@ -107,3 +105,23 @@ def all_outputs():
         if has_landmarks(sample, "moving"):
             outputs.append(f"{OUTDIR}/{sample}/landmarks_warped.csv")
     return outputs
+
+
+def qc_inputs(wildcards):
+    inputs = {
+        "fixed": rules.preprocess.output.fixed.format(sample=wildcards.sample),
+        "moving": rules.preprocess.output.moving.format(sample=wildcards.sample),
+        "preprocess": rules.preprocess.output.info.format(sample=wildcards.sample),
+        "rigid": rules.rigid.output[0].format(sample=wildcards.sample),
+        "flow": rules.flow.output.info.format(sample=wildcards.sample),
+        "transform": rules.flow.output.transform.format(sample=wildcards.sample),
+    }
+    if has_landmarks(wildcards.sample, "fixed") and has_landmarks(
+        wildcards.sample, "moving"
+    ):
+        inputs["fixed_landmarks"] = samples.loc[wildcards.sample, "fixed_landmarks"]
+        inputs["moving_landmarks"] = samples.loc[wildcards.sample, "moving_landmarks"]
+        inputs["landmarks_warped"] = rules.points.output[0].format(
+            sample=wildcards.sample
+        )
+    return inputs

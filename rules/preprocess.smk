@@ -6,21 +6,21 @@ rule preprocess:
         fixed=f"{OUTDIR}/{{sample}}/preprocess/fixed.npz",
         moving=f"{OUTDIR}/{{sample}}/preprocess/moving.npz",
         info=f"{OUTDIR}/{{sample}}/preprocess/preprocess.json",
-    params:
-        section=config["preprocess"],
-        row=sample_row,
-        code=library_hash("io", "preprocess", "runlog"),
     log:
         f"{OUTDIR}/logs/preprocess/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/preprocess/{{sample}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=mem_mb_preprocess,
-        runtime=30,
     group:
         "sample"
     conda:
         "../envs/regflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_preprocess,
+        runtime=30,
+    params:
+        section=config["preprocess"],
+        row=sample_row,
+        code=library_hash("io", "preprocess", "runlog"),
     script:
         "../scripts/preprocess.py"

@@ -5,21 +5,21 @@ rule warp:
         info=rules.preprocess.output.info,
     output:
         f"{OUTDIR}/{{sample}}/warped.ome.tif",
-    params:
-        section=config["warp"],
-        code=library_hash("io", "warp", "transform", "runlog"),
     log:
         f"{OUTDIR}/logs/warp/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/warp/{{sample}}.tsv"
-    threads: 2
-    resources:
-        mem_mb=mem_mb_warp,
-        runtime=60,
     group:
         "sample"
     conda:
         "../envs/regflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb_warp,
+        runtime=60,
+    params:
+        section=config["warp"],
+        code=library_hash("io", "warp", "transform", "runlog"),
     script:
         "../scripts/warp.py"
 
@@ -30,20 +30,20 @@ rule points:
         transform=rules.flow.output.transform,
     output:
         f"{OUTDIR}/{{sample}}/landmarks_warped.csv",
-    params:
-        direction="moving_to_fixed",
-        code=library_hash("points", "transform", "runlog"),
     log:
         f"{OUTDIR}/logs/points/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/points/{{sample}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=10,
     group:
         "sample"
     conda:
         "../envs/regflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=10,
+    params:
+        direction="moving_to_fixed",
+        code=library_hash("points", "transform", "runlog"),
     script:
         "../scripts/points.py"

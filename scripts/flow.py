@@ -3,7 +3,6 @@
 import time
 
 import numpy as np
-
 from regflow import flow
 from regflow.rigid import warp_to_fixed
 from regflow.runlog import provenance, read_json, stage_log, write_json

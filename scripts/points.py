@@ -12,4 +12,9 @@ with stage_log(snakemake.log[0], "points", sample) as log:
     mapped = map_points_table(table, transform, snakemake.params.direction)
     write_points(snakemake.output[0], mapped)
     unmapped = int(mapped["X"].isna().sum() - table["X"].isna().sum())
-    log.info("mapped %d point(s) %s; %d could not be mapped", len(table), snakemake.params.direction, unmapped)
+    log.info(
+        "mapped %d point(s) %s; %d could not be mapped",
+        len(table),
+        snakemake.params.direction,
+        unmapped,
+    )

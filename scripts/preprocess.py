@@ -35,7 +35,8 @@ with stage_log(snakemake.log[0], "preprocess", sample) as log:
             info, modality, row.get(f"{role}_channel"), scales[role], settings["fluorescence_log"]
         )
         log.info(
-            "%s %s: %s, %d channel(s) %s, %s; channel %r; pyramid level %d; working %s (scale %.4f)",
+            "%s %s: %s, %d channel(s) %s, %s; channel %r; pyramid level %d; "
+            "working %s (scale %.4f)",
             role,
             info.path,
             modality,

@@ -1,7 +1,6 @@
 """Rule qc: similarity and landmark errors per stage, status, metrics.json and qc.png."""
 
 import numpy as np
-
 from regflow.points import read_points
 from regflow.qc import (
     WorkingImage,
@@ -34,7 +33,7 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
     similarity, warped = similarity_by_stage(fixed, moving, transforms)
 
     landmarks = mapped = fixed_points = None
-    if "landmarks_warped" in snakemake.input.keys():
+    if hasattr(snakemake.input, "landmarks_warped"):
         fixed_points = read_points(snakemake.input.fixed_landmarks)
         height, width = transform.fixed_shape
         landmarks, mapped = landmark_errors(
@@ -63,7 +62,10 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
             "translation_um": translation * pixel_size if pixel_size else None,
             "fixed_to_moving": rigid["fixed_to_moving_full"],
         },
-        "flow": {k: flow[k] for k in ("accepted", "reason", "displacement_max_px", "displacement_mean_px")},
+        "flow": {
+            k: flow[k]
+            for k in ("accepted", "reason", "displacement_max_px", "displacement_mean_px")
+        },
         "landmarks": landmarks,
         "seconds": {
             "preprocess": preprocess_info["seconds"],

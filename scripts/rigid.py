@@ -3,7 +3,6 @@
 import time
 
 import numpy as np
-
 from regflow.rigid import register_rigid, to_full_resolution
 from regflow.runlog import provenance, stage_log, write_json
 

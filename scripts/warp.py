@@ -1,7 +1,6 @@
 """Rule warp: all channels of the moving image onto the fixed grid, as pyramidal OME-TIFF."""
 
 import numpy as np
-
 from regflow.io import read_image, write_ome_tiff
 from regflow.runlog import read_json, stage_log
 from regflow.transform import Transform

@@ -50,13 +50,17 @@ class KnownWarp:
             return np.zeros((2, *moving_shape))
         rng = np.random.default_rng(self.seed)
         sigma = max(moving_shape) / 8
-        field = np.stack([ndi.gaussian_filter(rng.normal(size=moving_shape), sigma) for _ in range(2)])
+        field = np.stack(
+            [ndi.gaussian_filter(rng.normal(size=moving_shape), sigma) for _ in range(2)]
+        )
         return field * (self.elastic_px / np.abs(field).max())
 
 
 def _sample_field(field: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
     coords = [points_xy[:, 1], points_xy[:, 0]]
-    return np.stack([ndi.map_coordinates(f, coords, order=1, mode="nearest") for f in field], axis=1)
+    return np.stack(
+        [ndi.map_coordinates(f, coords, order=1, mode="nearest") for f in field], axis=1
+    )
 
 
 def render_moving(
@@ -93,7 +97,9 @@ def fixed_landmarks(signal: np.ndarray, n_points: int = 24, margin: int = 24) ->
     """Distinctive points (Harris corners) of the fixed scene, ``(n, 2)`` as ``(x, y)``."""
     response = feature.corner_harris(ndi.gaussian_filter(signal, 2.0))
     peaks = feature.corner_peaks(
-        response, min_distance=max(8, min(signal.shape) // 12), num_peaks=n_points,
+        response,
+        min_distance=max(8, min(signal.shape) // 12),
+        num_peaks=n_points,
         exclude_border=margin,
     )
     return peaks[:, ::-1].astype(np.float64)
@@ -151,40 +157,70 @@ def make_cohort(outdir: str | Path, size: int | None = None) -> pd.DataFrame:
     warp = KnownWarp(angle_deg=25.0, scale=1.0, shift=(0.04 * shape[1], -0.03 * shape[0]))
     moving = render_moving(rgb, warp, shape, white)
     write_ome_tiff(
-        outdir / "ihc_rigid_moving.ome.tif", np.round(moving).astype(np.uint8), ["R", "G", "B"],
-        pixel_size, rgb=True,
+        outdir / "ihc_rigid_moving.ome.tif",
+        np.round(moving).astype(np.uint8),
+        ["R", "G", "B"],
+        pixel_size,
+        rgb=True,
     )
-    _save_points(outdir / "ihc_rigid_moving_landmarks.csv", map_landmarks(landmarks, warp, shape, shape))
+    _save_points(
+        outdir / "ihc_rigid_moving_landmarks.csv", map_landmarks(landmarks, warp, shape, shape)
+    )
 
     # 2. brightfield → fluorescence scanned at a coarser pixel size (0.65 µm): the OME pixel
     #    sizes carry the scale; rotation, shift and a smooth elastic deformation on top.
     coarse = 0.65
     moving_shape = tuple(int(round(n * pixel_size / coarse)) for n in shape)
     warp = KnownWarp(
-        angle_deg=-40.0, scale=pixel_size / coarse, shift=(0.03 * shape[1], 0.02 * shape[0]),
-        elastic_px=0.012 * shape[0], seed=2,
+        angle_deg=-40.0,
+        scale=pixel_size / coarse,
+        shift=(0.03 * shape[1], 0.02 * shape[0]),
+        elastic_px=0.012 * shape[0],
+        seed=2,
     )
     moving = render_moving(fluorescence, warp, moving_shape, dark)
     write_ome_tiff(
-        outdir / "fluorescence_moving.ome.tif", np.clip(np.round(moving), 0, 65535).astype(np.uint16),
-        ["DAPI", "DAB-marker"], coarse,
+        outdir / "fluorescence_moving.ome.tif",
+        np.clip(np.round(moving), 0, 65535).astype(np.uint16),
+        ["DAPI", "DAB-marker"],
+        coarse,
     )
     _save_points(
-        outdir / "fluorescence_moving_landmarks.csv", map_landmarks(landmarks, warp, shape, moving_shape)
+        outdir / "fluorescence_moving_landmarks.csv",
+        map_landmarks(landmarks, warp, shape, moving_shape),
     )
 
     # 3. fluorescence → brightfield PNG (no pixel size): near-180° rotation + elastic.
     warp = KnownWarp(
-        angle_deg=172.0, scale=1.03, shift=(-0.02 * shape[1], 0.03 * shape[0]),
-        elastic_px=0.015 * shape[0], seed=3,
+        angle_deg=172.0,
+        scale=1.03,
+        shift=(-0.02 * shape[1], 0.03 * shape[0]),
+        elastic_px=0.015 * shape[0],
+        seed=3,
     )
     moving = render_moving(rgb, warp, shape, white)
     from skimage.io import imsave
 
-    imsave(outdir / "ihc_elastic_moving.png", np.moveaxis(np.round(moving).astype(np.uint8), 0, -1), check_contrast=False)
-    _save_points(outdir / "ihc_elastic_moving_landmarks.csv", map_landmarks(landmarks, warp, shape, shape))
+    imsave(
+        outdir / "ihc_elastic_moving.png",
+        np.moveaxis(np.round(moving).astype(np.uint8), 0, -1),
+        check_contrast=False,
+    )
+    _save_points(
+        outdir / "ihc_elastic_moving_landmarks.csv", map_landmarks(landmarks, warp, shape, shape)
+    )
 
-    def row(sample, fixed, moving, fixed_modality, moving_modality, fixed_channel, moving_channel, fixed_lm, moving_lm):
+    def row(
+        sample,
+        fixed,
+        moving,
+        fixed_modality,
+        moving_modality,
+        fixed_channel,
+        moving_channel,
+        fixed_lm,
+        moving_lm,
+    ):
         return {
             "sample": sample,
             "fixed": str(outdir / fixed),
@@ -199,14 +235,38 @@ def make_cohort(outdir: str | Path, size: int | None = None) -> pd.DataFrame:
 
     return pd.DataFrame(
         [
-            row("ihc_rigid", "ihc_fixed.ome.tif", "ihc_rigid_moving.ome.tif", "brightfield",
-                "brightfield", "hematoxylin", "hematoxylin", "ihc_fixed_landmarks.csv",
-                "ihc_rigid_moving_landmarks.csv"),
-            row("ihc_to_fluorescence", "ihc_fixed.ome.tif", "fluorescence_moving.ome.tif",
-                "brightfield", "fluorescence", "hematoxylin", "DAPI", "ihc_fixed_landmarks.csv",
-                "fluorescence_moving_landmarks.csv"),
-            row("fluorescence_to_ihc", "fluorescence_fixed.ome.tif", "ihc_elastic_moving.png",
-                "fluorescence", "brightfield", "DAPI", "hematoxylin",
-                "fluorescence_fixed_landmarks.csv", "ihc_elastic_moving_landmarks.csv"),
+            row(
+                "ihc_rigid",
+                "ihc_fixed.ome.tif",
+                "ihc_rigid_moving.ome.tif",
+                "brightfield",
+                "brightfield",
+                "hematoxylin",
+                "hematoxylin",
+                "ihc_fixed_landmarks.csv",
+                "ihc_rigid_moving_landmarks.csv",
+            ),
+            row(
+                "ihc_to_fluorescence",
+                "ihc_fixed.ome.tif",
+                "fluorescence_moving.ome.tif",
+                "brightfield",
+                "fluorescence",
+                "hematoxylin",
+                "DAPI",
+                "ihc_fixed_landmarks.csv",
+                "fluorescence_moving_landmarks.csv",
+            ),
+            row(
+                "fluorescence_to_ihc",
+                "fluorescence_fixed.ome.tif",
+                "ihc_elastic_moving.png",
+                "fluorescence",
+                "brightfield",
+                "DAPI",
+                "hematoxylin",
+                "fluorescence_fixed_landmarks.csv",
+                "ihc_elastic_moving_landmarks.csv",
+            ),
         ]
     )

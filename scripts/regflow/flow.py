@@ -58,9 +58,7 @@ def local_normalise(image: np.ndarray, sigma: float) -> np.ndarray:
 
 def warp_by_displacement(image: np.ndarray, displacement: np.ndarray) -> np.ndarray:
     """Sample ``image`` at ``p + displacement(p)`` (bilinear, zeros outside)."""
-    rows, cols = np.meshgrid(
-        np.arange(image.shape[0]), np.arange(image.shape[1]), indexing="ij"
-    )
+    rows, cols = np.meshgrid(np.arange(image.shape[0]), np.arange(image.shape[1]), indexing="ij")
     coords = np.stack([rows + displacement[0], cols + displacement[1]])
     return ndi.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
 

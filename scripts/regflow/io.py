@@ -83,9 +83,7 @@ def _ome_pixels_metadata(ome_xml: str) -> tuple[list[str], float | None]:
     pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
     if pixels is None:
         return [], None
-    names = [
-        ch.attrib.get("Name", "") for ch in pixels if ch.tag.endswith("Channel")
-    ]
+    names = [ch.attrib.get("Name", "") for ch in pixels if ch.tag.endswith("Channel")]
     size = pixels.attrib.get("PhysicalSizeX")
     pixel_size = None
     if size is not None:

@@ -205,9 +205,7 @@ def registration_channel(
     return normalise_percentile(signal)
 
 
-def normalise_percentile(
-    signal: np.ndarray, low: float = 0.5, high: float = 99.5
-) -> np.ndarray:
+def normalise_percentile(signal: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Scale to [0, 1] between two percentiles, clipping outliers (robust to hot pixels)."""
     lo, hi = np.percentile(signal, [low, high])
     if hi <= lo:
@@ -239,9 +237,7 @@ def scale_matrix(full_shape: tuple[int, int], working_shape: tuple[int, int]) ->
     sy = working_shape[0] / full_shape[0]
     sx = working_shape[1] / full_shape[1]
     # Pixel-area convention: full pixel centre x maps to (x + 0.5) * s - 0.5.
-    return np.array(
-        [[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]]
-    )
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
 
 
 def tissue_mask(image: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:

@@ -91,7 +91,10 @@ def similarity_by_stage(
         image = resample_to_fixed(fixed, moving, transform, moving.image)
         mask = resample_to_fixed(fixed, moving, transform, moving.tissue_mask) > 0.5
         region = fixed.tissue_mask | mask
-        metrics[stage] = {"ncc": ncc(fixed.image, image, region), "nmi": nmi(fixed.image, image, region)}
+        metrics[stage] = {
+            "ncc": ncc(fixed.image, image, region),
+            "nmi": nmi(fixed.image, image, region),
+        }
         warped[stage] = image
     return metrics, warped
 
@@ -126,7 +129,9 @@ def landmark_errors(
     return summaries, mapped
 
 
-def decide_status(flow_accepted: bool, ncc_final: float, min_ncc: float, flow_reason: str) -> tuple[str, str]:
+def decide_status(
+    flow_accepted: bool, ncc_final: float, min_ncc: float, flow_reason: str
+) -> tuple[str, str]:
     """``ok``, ``rigid_only`` (refinement rejected) or ``failed`` (implausible final similarity)."""
     if not np.isfinite(ncc_final) or ncc_final < min_ncc:
         return "failed", (
@@ -174,7 +179,15 @@ def qc_figure(
     transform and final, a final checkerboard, the deformation magnitude with arrows,
     landmarks with error vectors, and the metrics.
     """
-    fig, axes = plt.subplots(2, 5, figsize=(20, 8.6), dpi=90, layout="constrained")
+    fig = plt.figure(figsize=(20, 8.8), dpi=90)
+    grid = fig.add_gridspec(
+        2, 5, left=0.01, right=0.99, bottom=0.02, top=0.88, wspace=0.06, hspace=0.22
+    )
+    axes = np.empty((2, 5), dtype=object)
+    for row in range(2):
+        for col in range(5 if row == 0 else 3):
+            axes[row, col] = fig.add_subplot(grid[row, col])
+    text_ax = fig.add_subplot(grid[1, 3:])
     status = metrics["status"]
     colour = {"ok": "#1a7f37", "rigid_only": "#9a6700", "failed": "#cf222e"}.get(status, "black")
     fig.suptitle(f"{sample} — status: {status}", fontsize=16, color=colour, fontweight="bold")
@@ -195,27 +208,45 @@ def qc_figure(
             _composite(fixed.image, warped[stage]),
             f"{label}\nNCC {sim[stage]['ncc']:.3f}  NMI {sim[stage]['nmi']:.3f}",
         )
-    _show(axes[1, 0], _checkerboard(fixed.image, warped["final"]), "checkerboard fixed / final", "gray")
+    _show(
+        axes[1, 0],
+        _checkerboard(fixed.image, warped["final"]),
+        "checkerboard fixed / final",
+        "gray",
+    )
 
     # Deformation: magnitude of the non-rigid part, in full-resolution pixels.
     magnitude = np.hypot(*transform.displacement)
     image = axes[1, 1].imshow(magnitude, cmap="viridis")
-    fig.colorbar(image, ax=axes[1, 1], shrink=0.8, label="px (full resolution)")
+    colour_axis = axes[1, 1].inset_axes([0.03, 0.04, 0.4, 0.04])
+    colourbar = fig.colorbar(image, cax=colour_axis, orientation="horizontal")
+    colourbar.ax.tick_params(labelsize=8, colors="white")
     step = max(1, max(magnitude.shape) // 16)
     yy, xx = np.mgrid[0 : magnitude.shape[0] : step, 0 : magnitude.shape[1] : step]
     if transform.has_displacement:
         axes[1, 1].quiver(
-            xx, yy, transform.displacement[0][::step, ::step], transform.displacement[1][::step, ::step],
-            color="white", scale_units="xy", angles="xy", width=0.004,
+            xx,
+            yy,
+            transform.displacement[0][::step, ::step],
+            transform.displacement[1][::step, ::step],
+            color="white",
+            scale_units="xy",
+            angles="xy",
+            width=0.004,
         )
     axes[1, 1].set_title(
-        f"non-rigid displacement (max {magnitude.max():.1f} px)", fontsize=11
+        f"non-rigid displacement, full-res px (max {magnitude.max():.1f})", fontsize=11
     )
     axes[1, 1].set_xticks([])
     axes[1, 1].set_yticks([])
 
     ax = axes[1, 2]
-    _show(ax, fixed.image, "landmarks: fixed ○, moving ×\nlines = error before (red) / after (green)", "gray")
+    _show(
+        ax,
+        fixed.image,
+        "landmarks: fixed ○, moving ×\nlines = error before (red) / after (green)",
+        "gray",
+    )
     if landmarks is not None and fixed_landmarks is not None:
         to_working = fixed.full_to_working
         reference = apply_matrix(to_working, fixed_landmarks[: len(landmarks["final"])])
@@ -228,11 +259,17 @@ def qc_figure(
         ax.scatter(reference[:, 0], reference[:, 1], s=36, facecolors="none", edgecolors="#00bfff")
         ax.scatter(final[:, 0], final[:, 1], s=30, marker="x", color="#ffd700")
     else:
-        ax.text(0.5, 0.5, "no landmarks given", ha="center", va="center", color="white", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no landmarks given",
+            ha="center",
+            va="center",
+            color="white",
+            transform=ax.transAxes,
+        )
 
-    # Text panel spanning the last two axes.
-    for ax in axes[1, 3:]:
-        ax.axis("off")
+    text_ax.axis("off")
     lines = [f"status: {status}"]
     if metrics.get("reason"):
         lines.append(f"reason: {_wrap(metrics['reason'], 60)}")
@@ -257,10 +294,18 @@ def qc_figure(
             f"({final['n_landmarks']} landmarks, {final['n_unmapped']} unmapped)"
         )
     seconds = metrics.get("seconds", {})
-    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items() if v is not None))
-    axes[1, 3].text(
-        0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=11,
-        transform=axes[1, 3].transAxes,
+    lines.append(
+        "seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items() if v is not None)
+    )
+    text_ax.text(
+        0.02,
+        0.98,
+        "\n".join(lines),
+        va="top",
+        ha="left",
+        family="monospace",
+        fontsize=12,
+        transform=text_ax.transAxes,
     )
     fig.savefig(path)
     plt.close(fig)
@@ -283,7 +328,11 @@ def summary_row(metrics: dict) -> dict:
     sim = metrics.get("similarity") or {}
     tre = metrics.get("landmarks") or {}
     rigid = metrics.get("rigid") or {}
-    row = {"sample": metrics["sample"], "status": metrics["status"], "reason": metrics.get("reason", "")}
+    row = {
+        "sample": metrics["sample"],
+        "status": metrics["status"],
+        "reason": metrics.get("reason", ""),
+    }
     for stage in STAGES:
         row[f"ncc_{stage}"] = (sim.get(stage) or {}).get("ncc")
         row[f"nmi_{stage}"] = (sim.get(stage) or {}).get("nmi")
@@ -339,7 +388,9 @@ def summary_figure(path: str, table: pd.DataFrame) -> None:
         end = pd.to_numeric(order[f"{prefix}_final"], errors="coerce").to_numpy()
         for yi, a, b in zip(y, start, end, strict=True):
             if np.isfinite(a) and np.isfinite(b):
-                ax.annotate("", xy=(b, yi), xytext=(a, yi), arrowprops={"arrowstyle": "->", "color": "#888"})
+                ax.annotate(
+                    "", xy=(b, yi), xytext=(a, yi), arrowprops={"arrowstyle": "->", "color": "#888"}
+                )
         ax.scatter(start, y, color="#999999", label="initial", zorder=3)
         ax.scatter(middle, y, color="#4e79a7", marker="s", label="rigid", zorder=3)
         ax.scatter(end, y, color="#1a7f37", marker="D", label="final", zorder=3)

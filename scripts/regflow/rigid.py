@@ -414,7 +414,10 @@ def register_rigid(
     fixed_centre, moving_centre = _centre(coarse.fixed.shape), _centre(coarse.moving.shape)
 
     angle_fm, scale_fm = fourier_mellin(middle.fixed, middle.moving, max_scale_change)
-    rotations = [("fourier-mellin", angle_fm, scale_fm), ("fourier-mellin", angle_fm + 180, scale_fm)]
+    rotations = [
+        ("fourier-mellin", angle_fm, scale_fm),
+        ("fourier-mellin", angle_fm + 180, scale_fm),
+    ]
     if coarse_angle_step > 0:
         rotations += [("grid", float(a), 1.0) for a in np.arange(0.0, 360.0, coarse_angle_step)]
     mirrors = (False, True) if allow_mirror else (False,)
@@ -458,7 +461,11 @@ def register_rigid(
     initial = _masked_ncc(fixed, moving, fixed_mask, moving_mask, np.eye(3))
     angle, scale, mirrored = _decompose(matrix)
     report = [
-        {k: (round(float(v), 4) if k != "source" and k != "mirror" else v) for k, v in c.items() if k != "matrix"}
+        {
+            k: (round(float(v), 4) if k != "source" and k != "mirror" else v)
+            for k, v in c.items()
+            if k != "matrix"
+        }
         for c in candidates[:n_verified]
     ]
     return RigidResult(

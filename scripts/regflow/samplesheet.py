@@ -20,7 +20,9 @@ ROLES = ("fixed", "moving")
 
 
 def _blank(value) -> bool:
-    return value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == ""
+    return (
+        value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == ""
+    )
 
 
 def check_sample_sheet(
@@ -44,7 +46,10 @@ def check_sample_sheet(
     warnings: list[str] = []
     ids = samples["sample"].astype(str)
     for duplicate in sorted(set(ids[ids.duplicated()])):
-        errors.append(f"sample {duplicate!r}: column sample: the id appears more than once; ids must be unique")
+        errors.append(
+            f"sample {duplicate!r}: column sample: the id appears more than once; "
+            "ids must be unique"
+        )
     for _, row in samples.iterrows():
         sample = str(row["sample"])
         where = f"sample {sample!r}"
@@ -75,7 +80,9 @@ def check_sample_sheet(
                         "or use a downsampled export"
                     )
                 try:
-                    resolve_channel(row.get(f"{role}_channel"), modality, info.channel_names, info.rgb)
+                    resolve_channel(
+                        row.get(f"{role}_channel"), modality, info.channel_names, info.rgb
+                    )
                 except ChannelError as exc:
                     errors.append(f"{where}: column {role}_channel: {exc}")
             landmarks = row.get(f"{role}_landmarks")

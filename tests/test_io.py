@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import tifffile
+from regflow.io import ImageReadError, choose_level, read_image, read_info, write_ome_tiff
+
+
+def test_ome_round_trip_keeps_channels_pixel_size_and_dtype(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 60000, size=(3, 300, 200), dtype=np.uint16)
+    path = tmp_path / "multi.ome.tif"
+    write_ome_tiff(path, image, ["DAPI", "CD3", "PanCK"], pixel_size_um=0.65, pyramid_min_size=64)
+    info = read_info(path)
+    assert info.channel_names == ["DAPI", "CD3", "PanCK"]
+    assert info.pixel_size_um == pytest.approx(0.65)
+    assert info.shape == (300, 200)
+    assert info.n_channels == 3
+    assert info.dtype == "uint16"
+    np.testing.assert_array_equal(read_image(path), image)
+    # Pyramid: 300 → 150 → 75 → 38 (longest side ≤ 64), as SubIFDs, tiled.
+    assert info.level_shapes == [(300, 200), (150, 100), (75, 50), (38, 25)]
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome
+        assert tif.pages[0].is_tiled
+        assert len(tif.series[0].levels) == 4
+        assert 'PhysicalSizeX="0.65"' in tif.ome_metadata
+
+
+def test_rgb_written_interleaved_and_read_back(tmp_path, ihc_small):
+    path = tmp_path / "rgb.ome.tif"
+    write_ome_tiff(path, ihc_small, ["R", "G", "B"], pixel_size_um=0.5, rgb=True)
+    info = read_info(path)
+    assert info.rgb and info.n_channels == 3
+    with tifffile.TiffFile(path) as tif:
+        assert tif.series[0].axes == "YXS"
+    np.testing.assert_array_equal(read_image(path), ihc_small)
+
+
+def test_pyramid_level_selection(tmp_path):
+    image = np.zeros((1, 1024, 512), np.uint8)
+    path = tmp_path / "pyr.ome.tif"
+    write_ome_tiff(path, image, ["C0"], pyramid_min_size=128)
+    info = read_info(path)
+    assert choose_level(info, 1.0) == 0
+    assert choose_level(info, 3.0) == 1  # 2× is the coarsest level still finer than 3×
+    assert choose_level(info, 4.0) == 2
+    assert choose_level(info, 100.0) == 3
+    assert read_image(path, 2).shape == (1, 256, 128)
+
+
+def test_png_and_jpeg(tmp_path, ihc_small):
+    from skimage.io import imsave
+
+    imsave(tmp_path / "a.png", np.moveaxis(ihc_small, 0, -1))
+    info = read_info(tmp_path / "a.png")
+    assert info.rgb and info.shape == (256, 256)
+    assert read_image(tmp_path / "a.png").shape == (3, 256, 256)
+
+
+def test_unreadable_files_raise_clear_errors(tmp_path):
+    with pytest.raises(ImageReadError, match="file not found"):
+        read_info(tmp_path / "missing.tif")
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff at all")
+    with pytest.raises(ImageReadError, match="cannot read the image header"):
+        read_info(bad)
+    other = tmp_path / "x.bmp"
+    other.write_bytes(b"BM")
+    with pytest.raises(ImageReadError, match="unsupported file type"):
+        read_info(other)

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+from regflow.metrics import ncc, nmi, target_registration_error, tre_summary
+
+
+def test_identical_images_have_ncc_one_and_max_nmi():
+    image = np.random.default_rng(0).random((64, 64))
+    assert ncc(image, image) == pytest.approx(1.0)
+    assert ncc(image, 3 * image + 2) == pytest.approx(1.0)
+    assert ncc(image, -image) == pytest.approx(-1.0)
+    assert nmi(image, image) == pytest.approx(2.0)
+
+
+def test_constant_image_gives_zero_not_nan():
+    image = np.random.default_rng(0).random((16, 16))
+    assert ncc(image, np.ones_like(image)) == 0.0
+
+
+def test_known_shift_gives_known_tre():
+    reference = np.array([[10.0, 10.0], [50.0, 20.0], [30.0, 40.0]])
+    shifted = reference + [3.0, 4.0]
+    tre = target_registration_error(shifted, reference)
+    np.testing.assert_allclose(tre, 5.0)
+    summary = tre_summary(tre, diagonal=100.0)
+    assert summary["tre_median"] == pytest.approx(5.0)
+    assert summary["rtre_median"] == pytest.approx(0.05)
+
+
+def test_tre_pairs_first_min_rows_and_ignores_unmapped():
+    reference = np.zeros((4, 2))
+    moved = np.array([[1.0, 0.0], [np.nan, np.nan], [2.0, 0.0]])
+    tre = target_registration_error(moved, reference)
+    assert tre.shape == (3,)
+    summary = tre_summary(tre, diagonal=10.0)
+    assert summary["tre_max"] == pytest.approx(2.0)
+    assert summary["n_unmapped"] == 1

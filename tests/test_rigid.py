@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from regflow.example import (
+    KnownWarp,
+    fixed_landmarks,
+    fluorescence_from_brightfield,
+    map_landmarks,
+    render_moving,
+)
+from regflow.preprocess import preprocess
+from regflow.rigid import fourier_mellin, register_rigid, similarity_matrix
+from regflow.transform import apply_matrix
+
+
+def _pair(ihc, warp, moving_modality="brightfield"):
+    shape = ihc.shape[1:]
+    fixed = preprocess(ihc, "brightfield", "hematoxylin", True, 1.0)
+    if moving_modality == "brightfield":
+        moving_image = render_moving(ihc, warp, shape, np.full(3, 255.0)).round().astype(np.uint8)
+        moving = preprocess(moving_image, "brightfield", "hematoxylin", True, 1.0)
+    else:
+        fluo = fluorescence_from_brightfield(ihc)
+        moving_image = render_moving(fluo, warp, shape, np.full(2, 400.0)).astype(np.uint16)
+        moving = preprocess(moving_image, "fluorescence", 0, False, 1.0)
+    signal = fixed.image
+    points = fixed_landmarks(signal, margin=32)
+    truth = map_landmarks(points, warp, shape, shape)
+    return fixed, moving, points, truth
+
+
+@pytest.mark.parametrize("angle", [-170.0, -90.0, -35.0, 0.0, 60.0, 135.0, 180.0])
+def test_recovers_rotation_anywhere(ihc_small, angle):
+    warp = KnownWarp(angle_deg=angle, scale=1.0, shift=(9.0, -6.0))
+    fixed, moving, points, truth = _pair(ihc_small, warp)
+    result = register_rigid(fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask)
+    error = np.linalg.norm(apply_matrix(result.fixed_to_moving, points) - truth, axis=1)
+    assert ((result.rotation_deg - angle + 180) % 360 - 180) == pytest.approx(0, abs=0.5)
+    assert np.median(error) < 0.5
+    assert result.ncc > result.ncc_initial
+
+
+@pytest.mark.parametrize("scale", [0.9, 1.1])
+def test_recovers_scale(ihc_small, scale):
+    warp = KnownWarp(angle_deg=20.0, scale=scale, shift=(-5.0, 4.0))
+    fixed, moving, points, truth = _pair(ihc_small, warp)
+    result = register_rigid(fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask)
+    assert result.scale == pytest.approx(scale, rel=0.01)
+    error = np.linalg.norm(apply_matrix(result.fixed_to_moving, points) - truth, axis=1)
+    assert np.median(error) < 0.5
+
+
+@pytest.mark.parametrize("angle", [-120.0, 45.0])
+def test_brightfield_to_fluorescence(ihc_small, angle):
+    """Hematoxylin density against a simulated DAPI channel (inverted contrast, noise)."""
+    warp = KnownWarp(angle_deg=angle, scale=1.04, shift=(7.0, 11.0))
+    fixed, moving, points, truth = _pair(ihc_small, warp, "fluorescence")
+    result = register_rigid(fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask)
+    error = np.linalg.norm(apply_matrix(result.fixed_to_moving, points) - truth, axis=1)
+    assert np.median(error) < 1.0
+
+
+def test_fourier_mellin_angle_modulo_180_and_scale(ihc_small):
+    fixed = preprocess(ihc_small, "brightfield", "hematoxylin", True, 1.0).image
+    centre = np.array([127.5, 127.5])
+    matrix = similarity_matrix(30.0, 1.08, (0, 0), centre, centre)
+    from regflow.rigid import warp_to_fixed
+
+    moving = warp_to_fixed(fixed, np.linalg.inv(matrix), fixed.shape)
+    angle, scale = fourier_mellin(fixed, moving)
+    assert min(abs(angle - 30.0), abs(angle - 30.0 - 180.0)) < 1.5
+    assert scale == pytest.approx(1.08, rel=0.02)
+
+
+def test_mirrored_section_found_only_when_allowed(ihc_small):
+    fixed = preprocess(ihc_small, "brightfield", "hematoxylin", True, 1.0)
+    mirrored = ihc_small[:, :, ::-1].copy()
+    moving = preprocess(mirrored, "brightfield", "hematoxylin", True, 1.0)
+    result = register_rigid(
+        fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask, allow_mirror=True
+    )
+    assert result.mirrored
+    # x → 255 − x maps fixed to moving exactly.
+    points = np.array([[40.0, 50.0], [200.0, 120.0]])
+    expected = np.stack([255.0 - points[:, 0], points[:, 1]], axis=1)
+    np.testing.assert_allclose(apply_matrix(result.fixed_to_moving, points), expected, atol=0.5)

@@ -1,0 +1,91 @@
+import numpy as np
+import pandas as pd
+import pytest
+from regflow.points import (
+    PointsError,
+    map_points_table,
+    read_points,
+    read_points_table,
+    write_points,
+)
+from regflow.rigid import similarity_matrix
+from regflow.transform import Transform
+from regflow.warp import warp_image
+from scipy import ndimage as ndi
+
+
+def _transform(with_field=True):
+    fixed_shape, moving_shape = (300, 400), (320, 380)
+    affine = similarity_matrix(
+        17.0, 1.05, (6.0, -4.0), np.array([199.5, 149.5]), np.array([189.5, 159.5])
+    )
+    working = (75, 100)  # working grid at 1/4 resolution
+    full_to_working = np.array([[0.25, 0, -0.375], [0, 0.25, -0.375], [0, 0, 1.0]])
+    rng = np.random.default_rng(1)
+    field = np.stack([ndi.gaussian_filter(rng.normal(size=working), 8) for _ in range(2)])
+    field *= 6.0 / np.abs(field).max() if with_field else 0.0
+    return Transform(affine, field.astype(np.float32), full_to_working, fixed_shape, moving_shape)
+
+
+def test_points_round_trip_both_ways():
+    transform = _transform()
+    rng = np.random.default_rng(2)
+    fixed_points = rng.uniform([40, 40], [360, 260], size=(50, 2))
+    moving_points = transform.fixed_to_moving(fixed_points)
+    back = transform.moving_to_fixed(moving_points)
+    assert np.abs(back - fixed_points).max() < 0.1
+    again = transform.fixed_to_moving(back)
+    assert np.abs(again - moving_points).max() < 0.1
+
+
+def test_save_load_round_trip(tmp_path):
+    transform = _transform()
+    transform.save(tmp_path / "t.npz")
+    loaded = Transform.load(tmp_path / "t.npz")
+    points = np.array([[10.0, 20.0], [200.0, 150.0]])
+    np.testing.assert_allclose(loaded.fixed_to_moving(points), transform.fixed_to_moving(points))
+    assert loaded.fixed_shape == (300, 400)
+
+
+def test_point_table_keeps_rows_and_columns(tmp_path):
+    transform = _transform()
+    csv = tmp_path / "cells.csv"
+    pd.DataFrame({"X": [100.0, 5000.0, 150.0], "Y": [120.0, 80.0, 90.0], "area": [3, 4, 5]}).to_csv(
+        csv, index=True
+    )
+    table = read_points_table(csv)
+    mapped = map_points_table(table, transform, "moving_to_fixed")
+    assert len(mapped) == 3
+    assert list(mapped["area"]) == [3, 4, 5]
+    assert np.isnan(mapped.loc[1, "X"])  # far outside: unmapped, but the row is kept
+    write_points(tmp_path / "out.csv", mapped)
+    written = pd.read_csv(tmp_path / "out.csv")
+    assert len(written) == 3 and written["X"].isna().sum() == 1
+
+
+def test_landmark_file_without_xy_is_an_error(tmp_path):
+    csv = tmp_path / "bad.csv"
+    csv.write_text("a,b\n1,2\n")
+    with pytest.raises(PointsError, match="missing column"):
+        read_points(csv)
+
+
+def test_tiled_warp_equals_untiled():
+    transform = _transform()
+    rng = np.random.default_rng(3)
+    moving = rng.integers(0, 4000, size=(3, 320, 380), dtype=np.uint16)
+    whole = warp_image(moving, transform, tile=4096)
+    tiled = warp_image(moving, transform, tile=64, threads=2)
+    np.testing.assert_array_equal(whole, tiled)
+    assert whole.dtype == np.uint16 and whole.shape == (3, 300, 400)
+
+
+def test_identity_warp_returns_the_image_and_fills_outside():
+    image = np.random.default_rng(4).random((2, 50, 60)).astype(np.float32)
+    identity = Transform.from_affine(np.eye(3), (50, 60), (50, 60))
+    np.testing.assert_allclose(warp_image(image, identity), image, atol=1e-6)
+    shift = np.eye(3)
+    shift[0, 2] = 100.0  # every fixed pixel maps outside the moving image
+    outside = Transform.from_affine(shift, (50, 60), (50, 60))
+    warped = warp_image(image, outside, fill=np.array([7.0, 9.0]))
+    assert (warped[0] == 7.0).all() and (warped[1] == 9.0).all()

@@ -1,0 +1,148 @@
+"""End-to-end: the workflow on a tiny generated cohort, in a temporary directory."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from regflow.io import read_info
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Rule → job count of a dry run (empty when there is nothing to do)."""
+    output = snakemake(workdir, "--dry-run", *args).stdout
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:")[1]
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)
+        if m.group(1) not in ("total", "all")
+    }
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Generate a tiny 3-pair cohort and run the whole workflow once."""
+    workdir = tmp_path_factory.mktemp("cohort")
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/make_example_cohort.py"),
+            "--outdir",
+            str(workdir / "data"),
+            "--size",
+            "160",
+            "--sheet",
+            str(workdir / "samples.tsv"),
+        ],
+        check=True,
+    )
+    (workdir / "config.yaml").write_text("samples: samples.tsv\noutdir: out\n")
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_outputs_follow_the_contract(cohort):
+    sheet = pd.read_csv(cohort / "samples.tsv", sep="\t")
+    out = cohort / "out"
+    for row in sheet.itertuples():
+        folder = out / row.sample
+        for name in (
+            "warped.ome.tif",
+            "transform.npz",
+            "metrics.json",
+            "qc.png",
+            "landmarks_warped.csv",
+        ):
+            assert (folder / name).is_file(), f"{row.sample}: {name} missing"
+        with tifffile.TiffFile(folder / "warped.ome.tif") as tif:
+            assert tif.is_ome and tif.pages[0].is_tiled
+            tif.series[0].asarray()  # all pixels decode
+        warped, fixed, moving = (
+            read_info(p) for p in (folder / "warped.ome.tif", row.fixed, row.moving)
+        )
+        assert warped.shape == fixed.shape
+        assert warped.n_channels == moving.n_channels
+        assert warped.dtype == moving.dtype
+        landmarks_in = pd.read_csv(row.moving_landmarks)
+        landmarks_out = pd.read_csv(folder / "landmarks_warped.csv")
+        assert len(landmarks_out) == len(landmarks_in)
+        assert list(landmarks_out.columns[:2]) == ["X", "Y"]
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["status"] in ("ok", "rigid_only")
+        assert metrics["provenance"]["versions"]["regflow"]
+
+
+def test_registration_is_accurate_on_the_cohort(cohort):
+    summary = pd.read_csv(cohort / "out" / "summary.tsv", sep="\t")
+    expected = {
+        "sample",
+        "status",
+        "ncc_initial",
+        "ncc_rigid",
+        "ncc_final",
+        "rtre_initial",
+        "rtre_rigid",
+        "rtre_final",
+    }
+    assert expected <= set(summary.columns)
+    assert len(summary) == 3
+    assert (summary["ncc_final"] > summary["ncc_initial"]).all()
+    assert (summary["rtre_final"] < summary["rtre_initial"]).all()
+    # 160 px images: median landmark error under ~1 px (rTRE 1/226).
+    assert (summary["rtre_final"] < 0.005).all(), summary[["sample", "rtre_final"]]
+
+
+def test_warped_fluorescence_keeps_channel_names_and_pixel_size(cohort):
+    with tifffile.TiffFile(cohort / "out" / "ihc_to_fluorescence" / "warped.ome.tif") as tif:
+        assert 'Name="DAPI"' in tif.ome_metadata and 'Name="DAB-marker"' in tif.ome_metadata
+        assert 'PhysicalSizeX="0.5"' in tif.ome_metadata  # the fixed image's geometry
+        assert tif.series[0].dtype == np.uint16
+
+
+def test_finished_run_is_a_no_op(cohort):
+    assert planned_jobs(cohort) == {}
+
+
+def test_flow_parameter_change_reruns_flow_and_downstream_only(cohort):
+    (cohort / "changed.yaml").write_text("flow:\n  smoothing_sigma: 3\n")
+    jobs = planned_jobs(
+        cohort, "--configfile", str(cohort / "config.yaml"), str(cohort / "changed.yaml")
+    )
+    assert set(jobs) == {"flow", "warp", "points", "qc", "summary"}
+    assert jobs["flow"] == 3
+
+
+def test_lint_is_clean(cohort):
+    result = snakemake(cohort, "--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
