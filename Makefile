@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CORES  ?= all
 EXAMPLE_STAMP := example/data/.complete
 
-.PHONY: run test test-unit test-workflow example lint format report clean
+.PHONY: run test test-slurm test-unit test-workflow example lint format report clean
 
 # The environment alone (idempotent): reinstalls only when pyproject.toml changes.
 $(VENV): $(STAMP)
@@ -30,7 +30,12 @@ report: run
 	$(BIN)/snakemake --cores 1 --report report.html
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slurm"
+
+# A real single-node SLURM (Debian packages, started by tests/slurm/start-cluster.sh; root).
+test-slurm: $(STAMP)
+	bash tests/slurm/start-cluster.sh
+	$(BIN)/python -m pytest -m slurm -rs
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not workflow"

@@ -69,8 +69,8 @@ def estimate_displacement(
     method: str = "tvl1",
     attachment: float = 10.0,
     tightness: float = 0.3,
-    num_warp: int = 5,
-    num_iter: int = 10,
+    num_warp: int = 2,
+    num_iter: int = 5,
     ilk_radius: int = 7,
 ) -> np.ndarray:
     """Raw optical flow ``(d_row, d_col)`` with ``moving(p + d) ≈ fixed(p)``."""

@@ -352,7 +352,15 @@ class _Level:
         self.moving_mask = _downscale(moving_mask.astype(np.float32), self.factor) > 0.5
 
     def score(self, matrix: np.ndarray) -> float:
-        return _masked_ncc(self.fixed, self.moving, self.fixed_mask, self.moving_mask, matrix)
+        """Mean of intensity NCC (on the masks) and tissue-mask overlap NCC.
+
+        The tissue outline is the same whatever the stain or modality, so it keeps candidate
+        ranking sound where intensities correlate poorly (e.g. H&E against a DAB-dominated IHC).
+        """
+        warped = warp_to_fixed(self.moving, matrix, self.fixed.shape)
+        warped_mask = warp_to_fixed(self.moving_mask.astype(np.float32), matrix, self.fixed.shape)
+        region = self.fixed_mask | (warped_mask > 0.5)
+        return 0.5 * (ncc(self.fixed, warped, region) + ncc(self.fixed_mask, warped_mask))
 
     def from_working(self, matrix: np.ndarray) -> np.ndarray:
         """A working-resolution matrix expressed on this level's images."""
@@ -370,7 +378,7 @@ def register_rigid(
     moving: np.ndarray,
     fixed_mask: np.ndarray,
     moving_mask: np.ndarray,
-    model: str = "similarity",
+    model: str = "affine",
     search_size: int = 128,
     refine_size: int = 512,
     coarse_angle_step: float = 15.0,
@@ -449,6 +457,7 @@ def register_rigid(
         matrix, score = refine(
             middle.fixed, middle.moving, region, start, "similarity", max_evaluations=120
         )
+        score = middle.score(matrix)
         candidate["ncc"] = score
         if score > best_score:
             best_score, best_matrix = score, middle.to_working(matrix)

@@ -88,32 +88,37 @@ class Transform:
         return apply_matrix(self.affine, points_xy + self.displacement_at(points_xy))
 
     def moving_to_fixed(
-        self, points_xy: np.ndarray, iterations: int = 50, tolerance: float = 1e-3
+        self, points_xy: np.ndarray, iterations: int = 100, tolerance: float = 0.1
     ) -> np.ndarray:
         """Map moving-image points ``(n, 2)`` into the fixed image (inverse mapping).
 
-        Solves ``p + u(p) = affine⁻¹ m`` by fixed-point iteration, which converges for the
-        smooth, small displacements the refinement produces. Points that do not converge or
-        fall outside the fixed image are NaN.
+        Solves ``p + u(p) = affine⁻¹ m`` for ``p`` by fixed-point iteration (damped after the
+        first steps, keeping each point's best iterate), which converges wherever the mapping
+        is invertible — the refinement's fields are smooth. Points whose residual stays above
+        ``tolerance`` (pixels, in the moving image) or that fall outside the fixed image are NaN.
         """
+        points_xy = np.asarray(points_xy, np.float64)
         target = apply_matrix(np.linalg.inv(self.affine), points_xy)
         fixed = target.copy()
-        for _ in range(iterations):
-            update = target - self.displacement_at(fixed)
-            step = np.abs(update - fixed).max(initial=0.0)
-            fixed = update
-            if step < tolerance:
+        best, best_residual = fixed.copy(), np.full(len(fixed), np.inf)
+        for step in range(iterations):
+            residual = target - (fixed + self.displacement_at(fixed))
+            size = np.linalg.norm(residual, axis=1)
+            better = size < best_residual
+            best[better], best_residual[better] = fixed[better], size[better]
+            if best_residual.max(initial=0.0) < 1e-4:
                 break
-        residual = np.linalg.norm(self.fixed_to_moving(fixed) - np.asarray(points_xy), axis=1)
+            fixed = fixed + (1.0 if step < 10 else 0.5) * residual
+        error = np.linalg.norm(self.fixed_to_moving(best) - points_xy, axis=1)
         height, width = self.fixed_shape
         inside = (
-            (fixed[:, 0] >= -0.5)
-            & (fixed[:, 0] <= width - 0.5)
-            & (fixed[:, 1] >= -0.5)
-            & (fixed[:, 1] <= height - 0.5)
+            (best[:, 0] >= -0.5)
+            & (best[:, 0] <= width - 0.5)
+            & (best[:, 1] >= -0.5)
+            & (best[:, 1] <= height - 0.5)
         )
-        fixed[(residual > 0.05) | ~inside | ~np.isfinite(fixed).all(axis=1)] = np.nan
-        return fixed
+        best[(error > tolerance) | ~inside | ~np.isfinite(best).all(axis=1)] = np.nan
+        return best
 
     def moving_coordinates(self, rows: slice, cols: slice) -> np.ndarray:
         """Moving-image ``(row, col)`` sampling coordinates for a block of the fixed grid.

@@ -1,0 +1,97 @@
+"""All stages in one process, for benchmarks and interactive use (the workflow runs them as
+separate rules, each reading what the previous one wrote)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import flow
+from .io import read_info
+from .preprocess import Preprocessed, pair_scales, preprocess_file
+from .rigid import RigidResult, register_rigid, to_full_resolution, warp_to_fixed
+from .transform import Transform
+
+
+@dataclass
+class Registration:
+    """Result of :func:`register_files`."""
+
+    transform: Transform
+    rigid_transform: Transform
+    rigid: RigidResult
+    flow: flow.FlowResult
+    fixed: Preprocessed
+    moving: Preprocessed
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def register_files(
+    fixed_path: str,
+    moving_path: str,
+    fixed_modality: str = "brightfield",
+    moving_modality: str = "brightfield",
+    fixed_channel: str | None = None,
+    moving_channel: str | None = None,
+    preprocess: dict | None = None,
+    rigid: dict | None = None,
+    flow_options: dict | None = None,
+) -> Registration:
+    """Preprocess, align globally and refine one pair; options as in the config sections."""
+    preprocess = {"max_size": 1024, "pixel_size_um": None, "fluorescence_log": False} | (
+        preprocess or {}
+    )
+    rigid = rigid or {}
+    flow_options = dict(flow_options or {})
+    seconds = {}
+    start = time.perf_counter()
+    fixed_info, moving_info = read_info(fixed_path), read_info(moving_path)
+    fixed_scale, moving_scale = pair_scales(
+        fixed_info, moving_info, preprocess["max_size"], preprocess["pixel_size_um"]
+    )
+    fixed, _, _ = preprocess_file(
+        fixed_info, fixed_modality, fixed_channel, fixed_scale, preprocess["fluorescence_log"]
+    )
+    moving, _, _ = preprocess_file(
+        moving_info, moving_modality, moving_channel, moving_scale, preprocess["fluorescence_log"]
+    )
+    seconds["preprocess"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    rigid_result = register_rigid(
+        fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask, **rigid
+    )
+    affine = to_full_resolution(
+        rigid_result.fixed_to_moving, fixed.full_to_working, moving.full_to_working
+    )
+    seconds["rigid"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    shape = fixed.image.shape
+    moving_rigid = warp_to_fixed(moving.image, rigid_result.fixed_to_moving, shape)
+    moving_mask = (
+        warp_to_fixed(moving.tissue_mask.astype(np.float32), rigid_result.fixed_to_moving, shape)
+        > 0.5
+    )
+    flow_result = flow.refine_flow(
+        fixed.image, moving_rigid, fixed.tissue_mask, moving_mask, **flow_options
+    )
+    seconds["flow"] = time.perf_counter() - start
+    transform = Transform(
+        affine=affine,
+        displacement=flow.to_full_resolution(flow_result.displacement, fixed.full_to_working),
+        fixed_full_to_working=fixed.full_to_working,
+        fixed_shape=fixed.full_shape,
+        moving_shape=moving.full_shape,
+    )
+    return Registration(
+        transform=transform,
+        rigid_transform=Transform.from_affine(affine, fixed.full_shape, moving.full_shape),
+        rigid=rigid_result,
+        flow=flow_result,
+        fixed=fixed,
+        moving=moving,
+        seconds=seconds,
+    )

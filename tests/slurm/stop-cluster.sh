@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Stop what tests/slurm/start-cluster.sh started (only processes named in its pid files).
+set -uo pipefail
+RUN=/run/regflow-slurm
+stop() {  # stop PIDFILE NAME
+  local pid
+  [ -s "$1" ] || return 0
+  pid=$(cat "$1")
+  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]; then
+    kill -TERM "$pid"
+    for _ in $(seq 60); do [ -d "/proc/$pid" ] || break; sleep 0.5; done
+    [ -d "/proc/$pid" ] && kill -KILL "$pid"
+    echo "[slurm] stopped $2"
+  fi
+  rm -f "$1"
+}
+if [ -s "$RUN/slurmctld.pid" ]; then
+  jobs=$(squeue -h -o %A 2>/dev/null | tr '\n' ' ')
+  [ -n "${jobs// /}" ] && scancel $jobs
+fi
+stop "$RUN/slurmd.pid" slurmd
+stop "$RUN/slurmctld.pid" slurmctld
+stop "$RUN/slurmdbd.pid" slurmdbd
+stop "$RUN/mysql/mysqld.pid" mariadbd
+stop "$RUN/munge/munged.pid" munged
