@@ -99,7 +99,7 @@ def rtre(points: np.ndarray, reference: np.ndarray, diagonal: float) -> tuple[fl
 
 
 def benchmark_pairs(pairs_csv: Path, max_size: int) -> pd.DataFrame:
-    base = pairs_csv.parent
+    base = pairs_csv.resolve().parent
     pairs = pd.read_csv(pairs_csv)
     rows = []
     for _, pair in pairs.iterrows():
@@ -202,7 +202,7 @@ def benchmark_generated(size: int = 1000) -> pd.DataFrame:
 
 def benchmark_workflow(pairs_csv: Path, workdir: Path) -> float:
     """Wall time of the whole workflow (--cores 2) on the real pairs of the CSV."""
-    base = pairs_csv.parent
+    base = pairs_csv.resolve().parent
     pairs = pd.read_csv(pairs_csv)
     workdir.mkdir(parents=True, exist_ok=True)
     sheet = pd.DataFrame(

@@ -240,12 +240,13 @@ def scale_matrix(full_shape: tuple[int, int], working_shape: tuple[int, int]) ->
     return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
 
 
-def tissue_mask(image: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
+def tissue_mask(image: np.ndarray, min_fraction: float = 0.01, mask_size: int = 256) -> np.ndarray:
     """Foreground (tissue) mask of a normalised, signal-bright image.
 
     Otsu threshold on a smoothed copy (smoothing ~1 % of the image size, so that sparse
     nuclei merge into tissue regions), cleaned by morphology; falls back to the whole image
-    when the result is implausibly small or large.
+    when the result is implausibly small or large. The mask is a coarse object, so it is
+    computed at most ``mask_size`` px on the longest side and resized back.
 
     Parameters
     ----------
@@ -257,8 +258,10 @@ def tissue_mask(image: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
     -------
     ndarray, shape (h, w), bool
     """
-    sigma = max(1.0, 0.01 * max(image.shape))
-    smooth = filters.gaussian(image, sigma=sigma)
+    factor = min(1.0, mask_size / max(image.shape))
+    small = downsample(image, tuple(max(8, int(round(n * factor))) for n in image.shape))
+    sigma = max(1.0, 0.01 * max(small.shape))
+    smooth = filters.gaussian(small, sigma=sigma)
     if float(smooth.max() - smooth.min()) < 1e-6:
         return np.ones(image.shape, bool)
     mask = smooth > filters.threshold_otsu(smooth)
@@ -270,6 +273,8 @@ def tissue_mask(image: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
     fraction = mask.mean()
     if fraction < min_fraction or fraction > 0.995:
         return np.ones(image.shape, bool)
+    if mask.shape != image.shape:
+        mask = transform.resize(mask.astype(np.float32), image.shape, order=1) > 0.5
     return mask
 
 
