@@ -19,6 +19,11 @@ wildcard_constraints:
     sample="|".join(map(re.escape, samples.index)),
 
 
+localrules:
+    all,
+    summary,
+
+
 include: "rules/preprocess.smk"
 include: "rules/rigid.smk"
 include: "rules/flow.smk"
