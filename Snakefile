@@ -31,6 +31,10 @@ include: "rules/warp.smk"
 include: "rules/qc.smk"
 
 
+onerror:
+    write_summary_after_failure()
+
+
 rule all:
     default_target: True
     input:

@@ -32,7 +32,7 @@ def load_samples(path):
 
 
 samples = load_samples(config["samples"])
-validate(samples, schema="../config/schemas/samples.schema.yaml")
+# All problems at once (ids, files, headers, channels, landmarks), then the schema's defaults.
 _errors, _warnings = check_sample_sheet(samples, config["preprocess"]["max_pixels"])
 for _warning in _warnings:
     logger.warning(f"sample sheet {config['samples']}: {_warning}")
@@ -41,6 +41,7 @@ if _errors:
         f"sample sheet {config['samples']} has {len(_errors)} problem(s):\n  - "
         + "\n  - ".join(_errors)
     )
+validate(samples, schema="../config/schemas/samples.schema.yaml")
 samples = samples.set_index("sample", drop=False)
 
 
@@ -125,3 +126,32 @@ def qc_inputs(wildcards):
             sample=wildcards.sample
         )
     return inputs
+
+
+def write_summary_after_failure():
+    """onerror: summary.tsv/png with every sample, failed ones with the reason from their log."""
+    import json
+    import os
+
+    from regflow.qc import cohort_table, failure_reason, summary_figure
+
+    results, failures = {}, {}
+    for sample in samples.index:
+        metrics = Path(OUTDIR, sample, "metrics.json")
+        results[sample] = json.loads(metrics.read_text()) if metrics.is_file() else None
+        if results[sample] is None:
+            logs = sorted(Path(OUTDIR, "logs").glob(f"*/{sample}.log"))
+            reasons = [failure_reason(log.read_text(errors="replace")) for log in logs]
+            failures[sample] = next((r for r in reasons if r), None)
+    table = cohort_table(results, failures)
+    Path(OUTDIR).mkdir(parents=True, exist_ok=True)
+    target = Path(OUTDIR, "summary.tsv")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    table.to_csv(tmp, sep="\t", index=False, na_rep="", float_format="%.6g")
+    os.replace(tmp, target)
+    summary_figure(str(Path(OUTDIR, "summary.png")), table)
+    failed = table.loc[table["status"] == "failed", ["sample", "reason"]]
+    logger.error(
+        f"{len(failed)} sample(s) failed; the others completed. Summary: {target}\n"
+        + "\n".join(f"  {row.sample}: {row.reason}" for row in failed.itertuples())
+    )

@@ -105,6 +105,8 @@ def _tiff_resolution_um(page: tifffile.TiffPage) -> float | None:
     if not num or not den:
         return None
     per_unit = num / den  # pixels per unit
+    if per_unit == 1.0:  # the writers' default: "not set"
+        return None
     um_per_unit = {2: 25400.0, 3: 10000.0}.get(int(unit))
     return um_per_unit / per_unit if um_per_unit else None
 
@@ -345,7 +347,7 @@ def write_ome_tiff(
         "tile": (tile, tile),
         "compression": compression,
         "photometric": "rgb" if rgb else "minisblack",
-        "resolutionunit": "CENTIMETER",
+        "resolutionunit": "CENTIMETER" if pixel_size_um else "NONE",
     }
 
     def as_stored(level: np.ndarray) -> np.ndarray:
@@ -357,6 +359,9 @@ def write_ome_tiff(
         per_cm = 1e4 / (pixel_size_um * factor)
         return (per_cm, per_cm)
 
+    # Leftovers of an earlier, killed writer of the same output are never valid: remove them.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:

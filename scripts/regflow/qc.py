@@ -413,3 +413,36 @@ def summary_figure(path: str, table: pd.DataFrame) -> None:
     )
     fig.savefig(path)
     plt.close(fig)
+
+
+FAILURE_PREFIX = "FAILED "
+
+
+def failure_reason(log_text: str) -> str | None:
+    """The one-line reason a stage logged when it failed (see ``runlog.stage_log``)."""
+    for line in reversed(log_text.splitlines()):
+        if FAILURE_PREFIX in line and "reason=" in line:
+            stage = line.split("stage=", 1)[1].split(" ", 1)[0] if "stage=" in line else "?"
+            return f"{stage}: {line.split('reason=', 1)[1].strip()}"
+    return None
+
+
+def cohort_table(results: dict[str, dict | None], failures: dict[str, str | None]) -> pd.DataFrame:
+    """summary.tsv for a cohort in which some samples failed.
+
+    Parameters
+    ----------
+    results : dict
+        ``{sample: metrics.json contents, or None when the sample has none}``
+    failures : dict
+        ``{sample: logged failure reason or None}`` for the samples without metrics.
+    """
+    rows = []
+    for sample, metrics in results.items():
+        if metrics is None:
+            reason = (
+                failures.get(sample) or "did not run: an upstream job failed or was interrupted"
+            )
+            metrics = {"sample": sample, "status": "failed", "reason": reason}
+        rows.append(summary_row(metrics))
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

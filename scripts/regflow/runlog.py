@@ -86,6 +86,7 @@ def stage_log(log_path: str | os.PathLike, stage: str, sample: str) -> Iterator[
     except Exception as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         logger.error("sample %s failed at %s: %s", sample, stage, reason, exc_info=True)
+        # One line that the cohort summary reads back (regflow.qc.failure_reason).
         logger.error("FAILED sample=%s stage=%s reason=%s", sample, stage, reason)
         raise
     else:

@@ -13,10 +13,21 @@ import pandas as pd
 
 from .io import ImageReadError, read_info
 from .points import PointsError, read_points
-from .preprocess import ChannelError, resolve_channel
+from .preprocess import MODALITIES, ChannelError, resolve_channel
 
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ROLES = ("fixed", "moving")
+COLUMNS = (
+    "sample",
+    "fixed",
+    "moving",
+    "fixed_modality",
+    "moving_modality",
+    "fixed_channel",
+    "moving_channel",
+    "fixed_landmarks",
+    "moving_landmarks",
+)
 
 
 def _blank(value) -> bool:
@@ -44,6 +55,9 @@ def check_sample_sheet(
     """
     errors: list[str] = []
     warnings: list[str] = []
+    unknown = [c for c in samples.columns if c not in COLUMNS]
+    if unknown:
+        errors.append(f"unknown column(s) {unknown}; the sample sheet takes {', '.join(COLUMNS)}")
     ids = samples["sample"].astype(str)
     for duplicate in sorted(set(ids[ids.duplicated()])):
         errors.append(
@@ -72,6 +86,12 @@ def check_sample_sheet(
                 errors.append(f"{where}: column {column}: {exc}")
             modality = row.get(f"{role}_modality")
             modality = "brightfield" if _blank(modality) else str(modality)
+            if modality not in MODALITIES:
+                errors.append(
+                    f"{where}: column {role}_modality: unknown modality {modality!r}; use "
+                    f"{' or '.join(MODALITIES)} (empty means brightfield)"
+                )
+                continue
             if info is not None:
                 if max_pixels and info.shape[0] * info.shape[1] > max_pixels:
                     errors.append(
