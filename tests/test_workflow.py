@@ -224,3 +224,21 @@ def test_two_runs_give_identical_metrics_and_pixels(cohort):
             tifffile.imread(cohort / "out" / sample / "warped.ome.tif"),
             tifffile.imread(cohort / "out_again" / sample / "warped.ome.tif"),
         )
+
+
+def test_html_report_has_summary_and_every_sample(cohort):
+    snakemake(cohort, "--report", str(cohort / "report.html"))
+    html = (cohort / "report.html").read_text()
+    assert "summary.png" in html and "summary.tsv" in html
+    for sample in ("ihc_rigid", "ihc_to_fluorescence", "fluorescence_to_ihc"):
+        # per-sample captions are rendered with the sample's name (Jinja context)
+        assert f"QC of sample <strong>{sample}</strong>" in html
+
+
+def test_qc_figure_is_a_wide_png(cohort):
+    from PIL import Image
+
+    with Image.open(cohort / "out" / "ihc_rigid" / "qc.png") as image:
+        assert image.format == "PNG" and image.size[0] >= 1000
+    with Image.open(cohort / "out" / "summary.png") as image:
+        assert image.size[0] >= 1000
