@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,3 +387,252 @@ def write_ome_tiff(
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class RegionReader:
+    """Rectangular regions of one pyramid level, decoding only the tiles/strips they touch.
+
+    Keeps whole-slide images out of memory: decoded segments are held in a small LRU cache
+    (``cache_bytes``), so neighbouring regions do not decode the same tile twice. PNG/JPEG
+    files, which cannot be read in parts, are held in memory whole.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(C, Y, X)`` of the level.
+    dtype : numpy.dtype
+    """
+
+    def __init__(self, path: str | os.PathLike, level: int = 0, cache_bytes: int = 256 * 2**20):
+        self.path = str(path)
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cache_bytes = cache_bytes
+        self._cached = 0
+        self._tif = None
+        self._array = None
+        if _suffix(path) not in TIFF_SUFFIXES:
+            self._array = read_image(path, 0)
+            self.shape, self.dtype = self._array.shape, self._array.dtype
+            return
+        self._tif = tifffile.TiffFile(self.path)
+        series = self._tif.series[0].levels[level]
+        axes = series.axes
+        pages = list(series.pages)
+        shape = dict(zip(axes, series.shape, strict=True))
+        height, width = int(shape["Y"]), int(shape["X"])
+        samples = int(shape.get("S", 1))
+        if samples > 1 and len(pages) > 1:
+            raise ImageReadError(
+                f"{path}: pages with several colour samples each are not supported"
+            )
+        # (page, sample) of every channel
+        if samples > 1:
+            self._channels = [(0, s) for s in range(samples)]
+        else:
+            self._channels = [(p, 0) for p in range(len(pages))]
+        self._pages = pages
+        self.shape = (len(self._channels), height, width)
+        self.dtype = np.dtype(series.dtype)
+
+    def close(self) -> None:
+        if self._tif is not None:
+            self._tif.close()
+
+    def __enter__(self) -> RegionReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _segment(self, page_index: int, index: int) -> tuple[np.ndarray | None, tuple]:
+        key = (page_index, index)
+        page = self._pages[page_index]
+        keyframe = page.keyframe
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            segment = self._cache[key]
+        else:
+            offset, count = page.dataoffsets[index], page.databytecounts[index]
+            data = None
+            if offset and count:
+                fh = self._tif.filehandle
+                fh.seek(offset)
+                data = fh.read(count)
+            segment, _, _ = keyframe.decode(data, index, jpegtables=keyframe.jpegtables)
+            if segment is not None:
+                segment = np.asarray(segment)
+            self._cache[key] = segment
+            self._cached += 0 if segment is None else segment.nbytes
+            while self._cached > self._cache_bytes and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= 0 if old is None else old.nbytes
+        return segment
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        """Pixels ``[:, rows, cols]`` (slices with explicit, in-range start and stop)."""
+        if self._array is not None:
+            return self._array[:, rows, cols]
+        r0, r1, c0, c1 = rows.start, rows.stop, cols.start, cols.stop
+        out = np.zeros((self.shape[0], r1 - r0, c1 - c0), self.dtype)
+        keyframe = self._pages[0].keyframe
+        if keyframe.is_tiled:
+            seg_h, seg_w = keyframe.tilelength, keyframe.tilewidth
+        else:
+            seg_h, seg_w = keyframe.rowsperstrip, self.shape[2]
+        per_row = -(-self.shape[2] // seg_w)
+        for channel, (page_index, sample) in enumerate(self._channels):
+            for sy in range(r0 // seg_h, (r1 - 1) // seg_h + 1):
+                for sx in range(c0 // seg_w, (c1 - 1) // seg_w + 1):
+                    segment = self._segment(page_index, sy * per_row + sx)
+                    if segment is None:
+                        continue
+                    # normalised shape: (separate samples, depth, length, width, contig samples)
+                    block = segment.reshape(segment.shape[-3:]) if segment.ndim > 3 else segment
+                    block = block[..., sample] if block.ndim == 3 else block
+                    y0, x0 = sy * seg_h, sx * seg_w
+                    ys, ye = max(r0, y0), min(r1, y0 + block.shape[0], self.shape[1])
+                    xs, xe = max(c0, x0), min(c1, x0 + block.shape[1], self.shape[2])
+                    if ye > ys and xe > xs:
+                        out[channel, ys - r0 : ye - r0, xs - c0 : xe - c0] = block[
+                            ys - y0 : ye - y0, xs - x0 : xe - x0
+                        ]
+        return out
+
+
+class TileStore:
+    """A temporary on-disk grid of ``(C, tile, tile)`` blocks, written once, read in any order.
+
+    Plain file reads and writes (no memory map), so the pages do not count against the
+    process's resident memory however large the image.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int, int], dtype, tile: int):
+        self.path, self.shape, self.dtype, self.tile = path, shape, np.dtype(dtype), tile
+        self.grid = (-(-shape[1] // tile), -(-shape[2] // tile))
+        self.block_bytes = shape[0] * tile * tile * self.dtype.itemsize
+        self._file = open(path, "w+b")  # noqa: SIM115 (closed in close())
+        self._file.truncate(self.grid[0] * self.grid[1] * self.block_bytes)
+
+    def _offset(self, row: int, col: int) -> int:
+        return (row * self.grid[1] + col) * self.block_bytes
+
+    def put(self, row: int, col: int, block: np.ndarray) -> None:
+        padded = np.zeros((self.shape[0], self.tile, self.tile), self.dtype)
+        padded[:, : block.shape[1], : block.shape[2]] = block
+        self._file.seek(self._offset(row, col))
+        self._file.write(padded.tobytes())
+
+    def get(self, row: int, col: int) -> np.ndarray:
+        self._file.seek(self._offset(row, col))
+        data = self._file.read(self.block_bytes)
+        return np.frombuffer(data, self.dtype).reshape(self.shape[0], self.tile, self.tile)
+
+    def close(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _halve_store(source: TileStore, path: Path) -> TileStore:
+    """The next pyramid level (2×2 block mean) of a tile store, one output tile at a time."""
+    channels, height, width = source.shape
+    shape = (channels, max(1, -(-height // 2)), max(1, -(-width // 2)))
+    target = TileStore(path, shape, source.dtype, source.tile)
+    half = source.tile // 2
+    for row in range(target.grid[0]):
+        for col in range(target.grid[1]):
+            block = np.zeros((channels, source.tile, source.tile), source.dtype)
+            for dy in range(2):
+                for dx in range(2):
+                    r, c = 2 * row + dy, 2 * col + dx
+                    if r < source.grid[0] and c < source.grid[1]:
+                        y0, y1 = r * source.tile, min((r + 1) * source.tile, height)
+                        x0, x1 = c * source.tile, min((c + 1) * source.tile, width)
+                        part = source.get(r, c)[:, : y1 - y0, : x1 - x0]
+                        block[
+                            :,
+                            dy * half : dy * half + -(-part.shape[1] // 2),
+                            dx * half : dx * half + -(-part.shape[2] // 2),
+                        ] = _downsample2(part)
+            target.put(row, col, block)
+    return target
+
+
+def write_ome_tiff_tiled(
+    path: str | os.PathLike,
+    shape: tuple[int, int, int],
+    dtype,
+    blocks,
+    channel_names: Sequence[str],
+    pixel_size_um: float | None = None,
+    rgb: bool = False,
+    tile: int = 512,
+    pyramid_min_size: int = 1024,
+    compression: str | None = "zlib",
+) -> None:
+    """Stream a ``(C, Y, X)`` image given block by block into a pyramidal OME-TIFF, atomically.
+
+    Memory stays at a few tiles whatever the image size: blocks go to a temporary on-disk tile
+    store, from which each pyramid level is derived and written tile by tile.
+
+    Parameters
+    ----------
+    blocks : iterable of (row, col, ndarray)
+        Every ``tile × tile`` block of the grid (edge blocks smaller), any order, each
+        ``(C, h, w)``.
+    Other parameters as in :func:`write_ome_tiff`.
+    """
+    path = Path(path)
+    dtype = np.dtype(dtype)
+    rgb = rgb and shape[0] == 3 and dtype == np.uint8
+    for stale in path.parent.glob(f".{path.name}.*.tmp*"):
+        stale.unlink(missing_ok=True)
+    stem = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    level0 = TileStore(Path(f"{stem}.level0"), shape, dtype, tile)
+    stores = [level0]
+    try:
+        for row, col, block in blocks:
+            level0.put(row, col, block)
+        while max(stores[-1].shape[1:]) > pyramid_min_size:
+            stores.append(_halve_store(stores[-1], Path(f"{stem}.level{len(stores)}")))
+        metadata: dict = {"axes": "YXS" if rgb else "CYX"}
+        if not rgb:
+            metadata["Channel"] = {"Name": list(channel_names)}
+        if pixel_size_um:
+            metadata.update(
+                PhysicalSizeX=float(pixel_size_um),
+                PhysicalSizeXUnit="µm",
+                PhysicalSizeY=float(pixel_size_um),
+                PhysicalSizeYUnit="µm",
+            )
+
+        def tiles_of(store: TileStore):
+            # tifffile wants planes (channels) outermost unless samples are interleaved.
+            planes = [None] if rgb else range(store.shape[0])
+            for plane in planes:
+                for row in range(store.grid[0]):
+                    for col in range(store.grid[1]):
+                        block = store.get(row, col)
+                        yield np.moveaxis(block, 0, -1) if plane is None else block[plane]
+
+        with tifffile.TiffWriter(stem, bigtiff=True, ome=True) as tif:
+            for depth, store in enumerate(stores):
+                level_shape = (*store.shape[1:], store.shape[0]) if rgb else store.shape
+                per_cm = 1e4 / (pixel_size_um * 2**depth) if pixel_size_um else None
+                tif.write(
+                    tiles_of(store),
+                    shape=level_shape,
+                    dtype=dtype,
+                    tile=(tile, tile),
+                    compression=compression,
+                    photometric="rgb" if rgb else "minisblack",
+                    subifds=len(stores) - 1 if depth == 0 else None,
+                    subfiletype=1 if depth else 0,
+                    metadata=metadata if depth == 0 else None,
+                    resolution=(per_cm, per_cm) if per_cm else None,
+                    resolutionunit="CENTIMETER" if per_cm else "NONE",
+                )
+        os.replace(stem, path)
+    finally:
+        for store in stores:
+            store.close()
+        stem.unlink(missing_ok=True)

@@ -1,13 +1,15 @@
 """Resample every channel of the moving image onto the fixed grid, tile by tile.
 
-Each output tile needs only the sampling coordinates of its own pixels, so memory for the
-coordinates is bounded by the tile size and tiles can be computed in parallel threads
-(scipy's interpolation releases the GIL). Tiling never changes the result: every output pixel
-is computed from the same coordinates and the same input whatever the tile layout.
+Each output tile needs only its own sampling coordinates and the window of the moving image
+they fall in, read from the file on demand, so memory does not grow with the image size and
+tiles can be computed in parallel threads. Tiling never changes the result: every output pixel
+is computed from the same coordinates and the same neighbouring input pixels whatever the
+tile layout.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,39 +42,86 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
+class ArrayRegions:
+    """Region access to an in-memory ``(C, Y, X)`` array (the interface of ``io.RegionReader``)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.shape, self.dtype = array, array.shape, array.dtype
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        return self.array[:, rows, cols]
+
+
+def _source_window(coords: np.ndarray, shape: tuple[int, int], margin: int):
+    """Rows/cols of the moving image that the sampling coordinates can touch (or None)."""
+    finite = np.isfinite(coords).all(axis=0)
+    if not finite.any():
+        return None
+    rows, cols = coords[0][finite], coords[1][finite]
+    r0 = max(0, int(np.floor(rows.min())) - margin)
+    r1 = min(shape[0], int(np.ceil(rows.max())) + margin + 1)
+    c0 = max(0, int(np.floor(cols.min())) - margin)
+    c1 = min(shape[1], int(np.ceil(cols.max())) + margin + 1)
+    if r1 <= r0 or c1 <= c0:
+        return None
+    return slice(r0, r1), slice(c0, c1)
+
+
 def warp_tile(
-    moving: np.ndarray,
+    source,
     transform: Transform,
     rows: slice,
     cols: slice,
     fill: np.ndarray,
     order: int = 1,
+    lock: threading.Lock | None = None,
 ) -> np.ndarray:
-    """Warp one block ``[rows, cols]`` of the fixed grid.
+    """Warp one block ``[rows, cols]`` of the fixed grid, reading only the moving pixels it needs.
 
     Parameters
     ----------
-    moving : ndarray, shape (C, Y, X)
-        Full-resolution moving image.
+    source : io.RegionReader or ArrayRegions
+        The full-resolution moving image, ``shape == (C, Y, X)``.
     fill : ndarray, shape (C,)
         Value per channel outside the moving image.
+    lock : threading.Lock, optional
+        Serialises reads from ``source`` when tiles are warped in threads.
 
     Returns
     -------
-    ndarray, shape (C, len(rows), len(cols)), ``moving.dtype``
+    ndarray, shape (C, len(rows), len(cols)), ``source.dtype``
     """
     coords = transform.moving_coordinates(rows, cols)
-    out = np.empty((moving.shape[0], *coords.shape[1:]), dtype=moving.dtype)
-    for channel in range(moving.shape[0]):
+    channels = source.shape[0]
+    out = np.empty((channels, *coords.shape[1:]), dtype=source.dtype)
+    window = _source_window(coords, source.shape[1:], margin=2 + order)
+    if window is None:
+        out[:] = _cast(np.asarray(fill, np.float64)[:, None, None], source.dtype)
+        return out
+    if lock is None:
+        region = source.read(*window)
+    else:
+        with lock:
+            region = source.read(*window)
+    local = coords - np.array([window[0].start, window[1].start], np.float64)[:, None, None]
+    # Coordinates outside the whole image take the fill value; inside, the window holds every
+    # neighbour the interpolation needs, so the result equals sampling the whole image.
+    outside = (
+        (coords[0] < -0.5)
+        | (coords[0] > source.shape[1] - 0.5)
+        | (coords[1] < -0.5)
+        | (coords[1] > source.shape[2] - 0.5)
+    )
+    for channel in range(channels):
         values = ndi.map_coordinates(
-            moving[channel],
-            coords,
+            region[channel].astype(np.float32, copy=False),
+            local,
             order=order,
-            mode="constant",
-            cval=float(fill[channel]),
+            mode="nearest",
             prefilter=order > 1,
         )
-        out[channel] = _cast(values, moving.dtype)
+        values[outside] = fill[channel]
+        out[channel] = _cast(values, source.dtype)
     return out
 
 
@@ -83,6 +132,43 @@ def tiles(shape: tuple[int, int], tile: int) -> Iterator[tuple[slice, slice]]:
             yield slice(row, min(row + tile, shape[0])), slice(col, min(col + tile, shape[1]))
 
 
+def warp_blocks(
+    source,
+    transform: Transform,
+    fill: np.ndarray | None = None,
+    tile: int = 1024,
+    order: int = 1,
+    threads: int = 1,
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Warped ``(tile_row, tile_col, block)`` of the whole fixed grid, row-major.
+
+    Memory is a few tiles plus the source's cache, whatever the image size; with
+    ``threads > 1`` tiles are computed in parallel (scipy's interpolation releases the GIL).
+    """
+    if fill is None:
+        fill = np.zeros(source.shape[0])
+    blocks = list(tiles(transform.fixed_shape, tile))
+    lock = threading.Lock()
+
+    def work(block: tuple[slice, slice]) -> tuple[int, int, np.ndarray]:
+        rows, cols = block
+        data = warp_tile(source, transform, rows, cols, fill, order, lock)
+        return rows.start // tile, cols.start // tile, data
+
+    if threads <= 1:
+        yield from map(work, blocks)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        # Bounded look-ahead keeps at most ~2 tiles per thread in flight.
+        pending = []
+        for block in blocks:
+            pending.append(pool.submit(work, block))
+            if len(pending) >= 2 * threads:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+
 def warp_image(
     moving: np.ndarray,
     transform: Transform,
@@ -91,37 +177,15 @@ def warp_image(
     order: int = 1,
     threads: int = 1,
 ) -> np.ndarray:
-    """Warp all channels of ``moving`` onto the fixed grid at full resolution.
-
-    Parameters
-    ----------
-    moving : ndarray, shape (C, Y, X)
-    transform : Transform
-    fill : ndarray, shape (C,), optional
-        Outside value per channel (see :func:`background_value`); zeros by default.
-    tile : int
-        Block edge (px) in which coordinates are computed.
-    order : int
-        Interpolation order (0 nearest — for label images —, 1 bilinear, 3 cubic).
-    threads : int
+    """Warp all channels of an in-memory ``(C, Y, X)`` image onto the fixed grid.
 
     Returns
     -------
     ndarray, shape (C, *transform.fixed_shape), ``moving.dtype``
     """
-    if fill is None:
-        fill = np.zeros(moving.shape[0])
     out = np.empty((moving.shape[0], *transform.fixed_shape), dtype=moving.dtype)
-
-    def work(block: tuple[slice, slice]) -> None:
-        rows, cols = block
-        out[:, rows, cols] = warp_tile(moving, transform, rows, cols, fill, order)
-
-    blocks = list(tiles(transform.fixed_shape, tile))
-    if threads > 1:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(work, blocks))
-    else:
-        for block in blocks:
-            work(block)
+    for row, col, block in warp_blocks(ArrayRegions(moving), transform, fill, tile, order, threads):
+        out[
+            :, row * tile : row * tile + block.shape[1], col * tile : col * tile + block.shape[2]
+        ] = block
     return out
