@@ -67,3 +67,63 @@ def test_unreadable_files_raise_clear_errors(tmp_path):
     other.write_bytes(b"BM")
     with pytest.raises(ImageReadError, match="unsupported file type"):
         read_info(other)
+
+
+@pytest.mark.parametrize(("channels", "rgb", "dtype"), [(3, True, np.uint8), (5, False, np.uint16)])
+def test_region_reader_matches_full_read(tmp_path, channels, rgb, dtype):
+    from regflow.io import RegionReader
+
+    image = np.random.default_rng(1).integers(0, 250, (channels, 300, 260)).astype(dtype)
+    path = tmp_path / "r.ome.tif"
+    write_ome_tiff(
+        path, image, [f"c{i}" for i in range(channels)], rgb=rgb, tile=64, pyramid_min_size=100
+    )
+    with RegionReader(path, cache_bytes=64 * 64 * 8) as reader:  # tiny cache: evictions
+        assert reader.shape == image.shape
+        for rows, cols in [
+            (slice(0, 300), slice(0, 260)),
+            (slice(63, 65), slice(127, 200)),
+            (slice(250, 300), slice(5, 6)),
+        ]:
+            np.testing.assert_array_equal(reader.read(rows, cols), image[:, rows, cols])
+    with RegionReader(path, level=1) as reader:
+        np.testing.assert_array_equal(
+            reader.read(slice(0, 150), slice(0, 130)), read_image(path, 1)
+        )
+
+
+@pytest.mark.parametrize(
+    ("channels", "rgb", "dtype"), [(3, True, np.uint8), (2, False, np.float32)]
+)
+def test_streamed_writer_equals_in_memory_writer(tmp_path, channels, rgb, dtype):
+    from regflow.io import write_ome_tiff_tiled
+
+    image = (np.random.default_rng(2).random((channels, 333, 270)) * 200).astype(dtype)
+    names = [f"c{i}" for i in range(channels)]
+    write_ome_tiff(tmp_path / "a.ome.tif", image, names, 0.4, rgb=rgb, tile=64, pyramid_min_size=64)
+    tile = 64
+    blocks = (
+        (r // tile, c // tile, image[:, r : r + tile, c : c + tile])
+        for r in range(0, 333, tile)
+        for c in range(0, 270, tile)
+    )
+    write_ome_tiff_tiled(
+        tmp_path / "b.ome.tif",
+        image.shape,
+        image.dtype,
+        blocks,
+        names,
+        0.4,
+        rgb=rgb,
+        tile=tile,
+        pyramid_min_size=64,
+    )
+    a, b = read_info(tmp_path / "a.ome.tif"), read_info(tmp_path / "b.ome.tif")
+    assert a.level_shapes == b.level_shapes and len(b.level_shapes) == 4
+    assert b.channel_names == (["R", "G", "B"] if rgb else names)
+    assert b.pixel_size_um == pytest.approx(0.4)
+    for level in range(len(a.level_shapes)):
+        np.testing.assert_array_equal(
+            read_image(tmp_path / "a.ome.tif", level), read_image(tmp_path / "b.ome.tif", level)
+        )
+    assert list(tmp_path.glob(".*")) == [], "no temporary files left behind"

@@ -89,3 +89,20 @@ def test_identity_warp_returns_the_image_and_fills_outside():
     outside = Transform.from_affine(shift, (50, 60), (50, 60))
     warped = warp_image(image, outside, fill=np.array([7.0, 9.0]))
     assert (warped[0] == 7.0).all() and (warped[1] == 9.0).all()
+
+
+def test_warp_streamed_from_file_equals_in_memory(tmp_path):
+    from regflow.io import RegionReader, write_ome_tiff
+    from regflow.warp import warp_blocks
+
+    transform = _transform()
+    moving = np.random.default_rng(5).integers(0, 255, size=(3, 320, 380), dtype=np.uint8)
+    write_ome_tiff(tmp_path / "m.ome.tif", moving, ["R", "G", "B"], rgb=True, tile=64)
+    expected = warp_image(moving, transform, tile=4096, order=3)
+    out = np.zeros_like(expected)
+    with RegionReader(tmp_path / "m.ome.tif", cache_bytes=100_000) as source:
+        for row, col, block in warp_blocks(source, transform, tile=96, order=3, threads=2):
+            out[:, row * 96 : row * 96 + block.shape[1], col * 96 : col * 96 + block.shape[2]] = (
+                block
+            )
+    np.testing.assert_array_equal(out, expected)

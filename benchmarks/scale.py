@@ -1,0 +1,216 @@
+"""Whole-slide scale: peak memory and time of the workflow on large generated pairs.
+
+Usage::
+
+    .venv/bin/python benchmarks/scale.py --workdir /tmp/scale [--size 12288] [--fluorescence 8192]
+
+Generates a pyramidal RGB OME-TIFF pair (``--size``² px; the moving image is the fixed one
+rotated by 90° and shifted, so the landmarks are exact) and, unless ``--fluorescence 0``, an
+8-channel 16-bit pair. Runs the workflow (``--cores 2``) under GNU ``/usr/bin/time -v`` and
+reports: the peak resident memory of the whole run (the largest process: every job is a
+child), each job's ``max_rss`` from Snakemake's benchmark files (sampled, so it may miss short
+peaks), seconds per stage, the landmark rTRE, and the floor: a plain tifffile read of the moving
+image plus a tiled pyramidal write of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from regflow.example import fluorescence_from_brightfield  # noqa: E402
+from regflow.io import write_ome_tiff  # noqa: E402
+
+
+def base_slide(size: int) -> np.ndarray:
+    """scikit-image's IHC slide tiled 2×2 (mirrored) and upscaled to ``size``², (3, Y, X) uint8."""
+    from skimage import data, transform
+
+    ihc = data.immunohistochemistry()
+    top = np.concatenate([ihc, ihc[:, ::-1]], axis=1)
+    mosaic = np.concatenate([top, top[::-1]], axis=0)  # 1024², no seams
+    out = np.empty((3, size, size), np.uint8)
+    rows_per_band = 1024
+    scale = size / mosaic.shape[0]
+    for start in range(0, size, rows_per_band):  # upscale in bands: bounded memory
+        stop = min(size, start + rows_per_band)
+        src0 = int(np.floor(start / scale))
+        src1 = min(mosaic.shape[0], int(np.ceil(stop / scale)) + 1)
+        band = transform.resize(
+            mosaic[src0:src1],
+            (int(round((src1 - src0) * scale)), size),
+            order=1,
+            preserve_range=True,
+        )
+        offset = start - int(round(src0 * scale))
+        out[:, start:stop] = np.moveaxis(band[offset : offset + stop - start], -1, 0).round()
+    return out
+
+
+def rotate_and_shift(image: np.ndarray, shift: tuple[int, int], fill) -> np.ndarray:
+    """Moving image: ``rot90`` (counter-clockwise) then shifted by ``(dx, dy)`` px."""
+    rotated = np.rot90(image, k=1, axes=(1, 2))
+    out = np.empty_like(rotated)
+    out[:] = np.asarray(fill, rotated.dtype)[:, None, None]
+    dx, dy = shift
+    height, width = rotated.shape[1:]
+    out[:, max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = rotated[
+        :, max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)
+    ]
+    return out
+
+
+def landmarks(size: int, shift: tuple[int, int], n: int = 40, seed: int = 0):
+    """Fixed points and their exact moving positions under :func:`rotate_and_shift`."""
+    rng = np.random.default_rng(seed)
+    fixed = rng.uniform(0.15 * size, 0.85 * size, size=(n, 2)).round()
+    # rot90: moving (x, y) = (y_f, W − 1 − x_f); then the shift
+    moving = np.stack([fixed[:, 1] + shift[0], size - 1 - fixed[:, 0] + shift[1]], axis=1)
+    return fixed, moving
+
+
+def make_pair(folder: Path, name: str, fixed: np.ndarray, names, rgb: bool, fill) -> dict:
+    size = fixed.shape[1]
+    shift = (int(0.02 * size), -int(0.015 * size))
+    moving = rotate_and_shift(fixed, shift, fill)
+    fixed_points, moving_points = landmarks(size, shift)
+    paths = {
+        k: folder / f"{name}_{k}"
+        for k in ("fixed.ome.tif", "moving.ome.tif", "fixed.csv", "moving.csv")
+    }
+    write_ome_tiff(paths["fixed.ome.tif"], fixed, names, 0.5, rgb=rgb)
+    del fixed
+    write_ome_tiff(paths["moving.ome.tif"], moving, names, 0.5, rgb=rgb)
+    pd.DataFrame(fixed_points, columns=["X", "Y"]).to_csv(paths["fixed.csv"], index=False)
+    pd.DataFrame(moving_points, columns=["X", "Y"]).to_csv(paths["moving.csv"], index=False)
+    return {
+        "sample": name,
+        "fixed": str(paths["fixed.ome.tif"]),
+        "moving": str(paths["moving.ome.tif"]),
+        "fixed_modality": "brightfield" if rgb else "fluorescence",
+        "moving_modality": "brightfield" if rgb else "fluorescence",
+        "fixed_landmarks": str(paths["fixed.csv"]),
+        "moving_landmarks": str(paths["moving.csv"]),
+    }
+
+
+def floor_seconds(path: str, tmp: Path) -> float:
+    """A plain full read of an image and a tiled, compressed pyramidal write of it."""
+    start = time.perf_counter()
+    with tifffile.TiffFile(path) as tif:
+        image = tif.series[0].asarray()
+        axes = tif.series[0].axes
+    rgb = axes == "YXS"
+    data = np.moveaxis(image, -1, 0) if rgb else image
+    write_ome_tiff(
+        tmp / "floor.ome.tif", data, [f"c{i}" for i in range(data.shape[0])], 0.5, rgb=rgb
+    )
+    seconds = time.perf_counter() - start
+    (tmp / "floor.ome.tif").unlink()
+    return seconds
+
+
+def run_workflow(workdir: Path) -> tuple[float, float]:
+    command = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--cores",
+        "2",
+        "--forceall",
+        "--quiet",
+    ]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
+    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
+    return seconds, peak_kb / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--size", type=int, default=12288)
+    parser.add_argument(
+        "--fluorescence", type=int, default=8192, help="side of the 8-channel pair; 0 skips it"
+    )
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    slide = base_slide(args.size)
+    rows.append(make_pair(args.workdir, "rgb", slide, ["R", "G", "B"], True, [255, 255, 255]))
+    del slide
+    if args.fluorescence:
+        small = base_slide(args.fluorescence)
+        two = fluorescence_from_brightfield(small)
+        del small
+        channels = np.concatenate(
+            [two] + [(two[i % 2] // (i + 1)).astype(np.uint16)[None] for i in range(6)]
+        )
+        names = ["DAPI", "DAB-marker"] + [f"marker{i}" for i in range(6)]
+        rows.append(make_pair(args.workdir, "fluorescence8", channels, names, False, [400] * 8))
+        del channels, two
+    pd.DataFrame(rows).to_csv(args.workdir / "samples.tsv", sep="\t", index=False)
+    (args.workdir / "config.yaml").write_text("samples: samples.tsv\noutdir: out\n")
+
+    seconds, peak_gib = run_workflow(args.workdir)
+    print(
+        f"whole workflow (--cores 2, {len(rows)} pairs): {seconds:.1f} s; peak RSS of the "
+        f"largest process (/usr/bin/time -v): {peak_gib:.2f} GiB\n"
+    )
+    summary = pd.read_csv(args.workdir / "out" / "summary.tsv", sep="\t")
+    for row in rows:
+        sample = row["sample"]
+        bench = {
+            path.parent.name: pd.read_csv(path, sep="\t").iloc[-1]
+            for path in (args.workdir / "out" / "benchmarks").glob(f"*/{sample}.tsv")
+        }
+        floor = floor_seconds(row["moving"], args.workdir)
+        with tifffile.TiffFile(args.workdir / "out" / sample / "warped.ome.tif") as tif:
+            levels = [lvl.shape for lvl in tif.series[0].levels]
+            ome = tif.ome_metadata
+        stage_seconds = {stage: float(b["s"]) for stage, b in bench.items()}
+        print(f"## {sample}: {tifffile.TiffFile(row['moving']).series[0].shape}")
+        print("stage        seconds   max_rss (MiB, Snakemake benchmark)")
+        for stage, b in sorted(bench.items()):
+            print(f"{stage:<12} {float(b['s']):7.1f}   {float(b['max_rss']):8.0f}")
+        total = sum(stage_seconds.values())
+        print(
+            f"sum of this pair's jobs: {total:.1f} s; floor (read + pyramid write): {floor:.1f} s; "
+            f"ratio {total / floor:.2f}"
+        )
+        names = re.findall(r'Channel[^>]*Name="([^"]*)"', ome)
+        print(
+            f"output levels: {levels}; PhysicalSizeX in OME: {'PhysicalSizeX=' in ome}; "
+            f"channel names: {names}"
+        )
+        line = summary[summary["sample"] == sample].iloc[0]
+        print(
+            f"status {line['status']}; rTRE initial {line['rtre_initial']:.5f} → "
+            f"rigid {line['rtre_rigid']:.6f} → final {line['rtre_final']:.6f}\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
