@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 from regflow import flow
-from regflow.rigid import warp_to_fixed
+from regflow.rigid import overlap_mask, warp_to_fixed
 from regflow.runlog import provenance, read_json, stage_log, write_json
 from regflow.transform import Transform
 
@@ -17,7 +17,9 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
     rigid = read_json(snakemake.input.rigid)
     matrix = np.asarray(rigid["fixed_to_moving_working"])
     shape = fixed["image"].shape
-    moving_rigid = warp_to_fixed(moving["image"], matrix, shape)
+    moving_rigid = warp_to_fixed(moving["image"], matrix, shape, mode="nearest")
+    overlap = overlap_mask(moving["image"].shape, matrix, shape)
+    moving_rigid[~overlap] = 0.0
     moving_mask = warp_to_fixed(moving["tissue_mask"].astype(np.float32), matrix, shape) > 0.5
     solver = {
         key: settings[key]
@@ -32,6 +34,7 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
         normalise_sigma=settings["normalise_sigma"],
         smoothing_sigma=settings["smoothing_sigma"],
         min_improvement=settings["min_improvement"],
+        overlap=overlap,
         **solver,
     )
     log.info("%s", result.reason)

@@ -57,10 +57,10 @@ def local_normalise(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def warp_by_displacement(image: np.ndarray, displacement: np.ndarray) -> np.ndarray:
-    """Sample ``image`` at ``p + displacement(p)`` (bilinear, zeros outside)."""
+    """Sample ``image`` at ``p + displacement(p)`` (bilinear, edge values continued outside)."""
     rows, cols = np.meshgrid(np.arange(image.shape[0]), np.arange(image.shape[1]), indexing="ij")
     coords = np.stack([rows + displacement[0], cols + displacement[1]])
-    return ndi.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
+    return ndi.map_coordinates(image, coords, order=1, mode="nearest")
 
 
 def estimate_displacement(
@@ -69,7 +69,7 @@ def estimate_displacement(
     method: str = "tvl1",
     attachment: float = 10.0,
     tightness: float = 0.3,
-    num_warp: int = 2,
+    num_warp: int = 3,
     num_iter: int = 5,
     ilk_radius: int = 7,
 ) -> np.ndarray:
@@ -101,6 +101,7 @@ def refine_flow(
     normalise_sigma: float = 8.0,
     smoothing_sigma: float = 4.0,
     min_improvement: float = 0.005,
+    overlap: np.ndarray | None = None,
     **solver_options,
 ) -> FlowResult:
     """Estimate, regularise and verify a displacement field.
@@ -117,6 +118,9 @@ def refine_flow(
         Gaussian smoothing (px) of the field.
     min_improvement : float
         NCC gain required to accept the field.
+    overlap : ndarray of bool, optional
+        Fixed pixels that the moving image covers. Elsewhere the flow sees the fixed image in
+        place of the moving one, so the image border is not mistaken for motion.
     **solver_options
         Passed to :func:`estimate_displacement`.
     """
@@ -125,11 +129,12 @@ def refine_flow(
     zeros = np.zeros((2, *fixed.shape), np.float32)
     if method == "none":
         return FlowResult(zeros, False, ncc_rigid, ncc_rigid, "refinement disabled (method none)")
+    moving_in = moving_rigid if overlap is None else np.where(overlap, moving_rigid, fixed)
     if normalise_sigma > 0:
         fixed_in = local_normalise(fixed, normalise_sigma)
-        moving_in = local_normalise(moving_rigid, normalise_sigma)
+        moving_in = local_normalise(moving_in, normalise_sigma)
     else:
-        fixed_in, moving_in = fixed, moving_rigid
+        fixed_in = fixed
     displacement = estimate_displacement(fixed_in, moving_in, method, **solver_options)
     if smoothing_sigma > 0:
         displacement = np.stack([ndi.gaussian_filter(d, smoothing_sigma) for d in displacement])

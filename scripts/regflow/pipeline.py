@@ -11,7 +11,7 @@ import numpy as np
 from . import flow
 from .io import read_info
 from .preprocess import Preprocessed, pair_scales, preprocess_file
-from .rigid import RigidResult, register_rigid, to_full_resolution, warp_to_fixed
+from .rigid import RigidResult, overlap_mask, register_rigid, to_full_resolution, warp_to_fixed
 from .transform import Transform
 
 
@@ -70,13 +70,16 @@ def register_files(
 
     start = time.perf_counter()
     shape = fixed.image.shape
-    moving_rigid = warp_to_fixed(moving.image, rigid_result.fixed_to_moving, shape)
+    matrix = rigid_result.fixed_to_moving
+    moving_rigid = warp_to_fixed(moving.image, matrix, shape, mode="nearest")
+    overlap = overlap_mask(moving.image.shape, matrix, shape)
+    moving_rigid[~overlap] = 0.0
     moving_mask = (
         warp_to_fixed(moving.tissue_mask.astype(np.float32), rigid_result.fixed_to_moving, shape)
         > 0.5
     )
     flow_result = flow.refine_flow(
-        fixed.image, moving_rigid, fixed.tissue_mask, moving_mask, **flow_options
+        fixed.image, moving_rigid, fixed.tissue_mask, moving_mask, overlap=overlap, **flow_options
     )
     seconds["flow"] = time.perf_counter() - start
     transform = Transform(

@@ -61,6 +61,7 @@ def warp_to_fixed(
     fixed_shape: tuple[int, int],
     order: int = 1,
     cval: float = 0.0,
+    mode: str = "constant",
 ) -> np.ndarray:
     """Sample ``moving`` on the fixed grid through ``fixed_to_moving`` (xy matrix)."""
     matrix_rc = _SWAP_XY @ fixed_to_moving @ _SWAP_XY
@@ -69,10 +70,20 @@ def warp_to_fixed(
         matrix_rc,
         output_shape=tuple(fixed_shape),
         order=order,
-        mode="constant",
+        mode=mode,
         cval=cval,
         prefilter=False,
     )
+
+
+def overlap_mask(
+    moving_shape: tuple[int, int], fixed_to_moving: np.ndarray, fixed_shape: tuple[int, int]
+) -> np.ndarray:
+    """Fixed pixels whose moving position lies inside the moving image (pixel edges included)."""
+    rows, cols = np.mgrid[: fixed_shape[0], : fixed_shape[1]]
+    x = fixed_to_moving[0, 0] * cols + fixed_to_moving[0, 1] * rows + fixed_to_moving[0, 2]
+    y = fixed_to_moving[1, 0] * cols + fixed_to_moving[1, 1] * rows + fixed_to_moving[1, 2]
+    return (x >= -0.5) & (x <= moving_shape[1] - 0.5) & (y >= -0.5) & (y <= moving_shape[0] - 0.5)
 
 
 def similarity_matrix(
