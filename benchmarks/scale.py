@@ -34,21 +34,22 @@ from regflow.io import write_ome_tiff  # noqa: E402
 
 
 def base_slide(size: int) -> np.ndarray:
-    """scikit-image's IHC slide tiled 2×2 (mirrored) and upscaled to ``size``², (3, Y, X) uint8."""
+    """scikit-image's IHC slide upscaled to ``size``², (3, Y, X) uint8, in bands.
+
+    Not tiled or mirrored: a symmetric mosaic would make a 90° rotation ambiguous.
+    """
     from skimage import data, transform
 
     ihc = data.immunohistochemistry()
-    top = np.concatenate([ihc, ihc[:, ::-1]], axis=1)
-    mosaic = np.concatenate([top, top[::-1]], axis=0)  # 1024², no seams
     out = np.empty((3, size, size), np.uint8)
-    rows_per_band = 1024
-    scale = size / mosaic.shape[0]
-    for start in range(0, size, rows_per_band):  # upscale in bands: bounded memory
-        stop = min(size, start + rows_per_band)
-        src0 = int(np.floor(start / scale))
-        src1 = min(mosaic.shape[0], int(np.ceil(stop / scale)) + 1)
+    scale = size / ihc.shape[0]
+    band_rows = 1024
+    for start in range(0, size, band_rows):  # bounded memory
+        stop = min(size, start + band_rows)
+        src0 = max(0, int(np.floor(start / scale)) - 1)
+        src1 = min(ihc.shape[0], int(np.ceil(stop / scale)) + 2)
         band = transform.resize(
-            mosaic[src0:src1],
+            ihc[src0:src1].astype(np.float32),
             (int(round((src1 - src0) * scale)), size),
             order=1,
             preserve_range=True,

@@ -106,3 +106,38 @@ def test_warp_streamed_from_file_equals_in_memory(tmp_path):
                 block
             )
     np.testing.assert_array_equal(out, expected)
+
+
+def test_points_cli_both_directions(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "map_points.py"
+    transform = _transform()
+    transform.save(tmp_path / "t.npz")
+    pd.DataFrame({"X": [100.0, 220.5], "Y": [80.0, 150.25], "id": ["a", "b"]}).to_csv(
+        tmp_path / "fixed.csv", index=False
+    )
+    for direction, source, target in (
+        ("fixed_to_moving", "fixed.csv", "moving.csv"),
+        ("moving_to_fixed", "moving.csv", "back.csv"),
+    ):
+        subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                "--transform",
+                str(tmp_path / "t.npz"),
+                "--points",
+                str(tmp_path / source),
+                "--out",
+                str(tmp_path / target),
+                "--direction",
+                direction,
+            ],
+            check=True,
+        )
+    back = pd.read_csv(tmp_path / "back.csv")
+    assert list(back["id"]) == ["a", "b"]
+    np.testing.assert_allclose(back[["X", "Y"]], [[100.0, 80.0], [220.5, 150.25]], atol=0.1)
