@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from helpers import snakemake_command
 from regflow.io import read_info, write_ome_tiff
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,28 +20,10 @@ pytestmark = pytest.mark.workflow
 
 
 def run(workdir: Path, *args: str, background: bool = False):
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        "--cores",
-        "2",
-        *args,
-    ]
+    command = snakemake_command(workdir, "--cores", "2", *args)
     if background:
-        return subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True)
 
 

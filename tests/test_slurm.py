@@ -1,5 +1,6 @@
 """The example cohort on a real SLURM cluster (make test-slurm starts one: tests/slurm/)."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import snakemake_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,26 +43,12 @@ def test_example_cohort_on_slurm(tmp_path):
         check=True,
     )
     (tmp_path / "config.yaml").write_text("samples: samples.tsv\noutdir: out\n")
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(tmp_path / "config.yaml"),
-        "--profile",
-        str(ROOT / "profiles/slurm"),
-        "--jobs",
-        "2",
-        "--default-resources",
-        "slurm_partition=debug",
-        "slurm_account=local",
-        "--slurm-init-seconds-before-status-checks",
-        "1",
-    ]
+    command = snakemake_command(
+        tmp_path,
+        "--profile", str(ROOT / "profiles/slurm"), "--jobs", "2",
+        "--default-resources", "slurm_partition=debug", "slurm_account=local",
+        "--slurm-init-seconds-before-status-checks", "1",
+    )  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
@@ -79,7 +67,7 @@ def test_example_cohort_on_slurm(tmp_path):
 
     # The jobs ran on the cluster: sacct lists them, all COMPLETED.
     log = result.stderr + result.stdout
-    job_ids = sorted(set(__import__("re").findall(r"SLURM jobid (\d+)", log)))
+    job_ids = sorted(set(re.findall(r"SLURM jobid (\d+)", log)))
     assert job_ids, log[-3000:]
     accounting = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],

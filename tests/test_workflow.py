@@ -1,7 +1,6 @@
 """End-to-end: the workflow on a tiny generated cohort, in a temporary directory."""
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,44 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from helpers import planned_jobs, run_snakemake
 from regflow.io import read_info
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        *args,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
-    """Rule → job count of a dry run (empty when there is nothing to do)."""
-    output = snakemake(workdir, "--dry-run", *args).stdout
-    if "Nothing to be done" in output:
-        return {}
-    table = output.split("Job stats:")[1]
-    return {
-        m.group(1): int(m.group(2))
-        for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)
-        if m.group(1) not in ("total", "all")
-    }
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +34,7 @@ def cohort(tmp_path_factory):
         check=True,
     )
     (workdir / "config.yaml").write_text("samples: samples.tsv\noutdir: out\n")
-    snakemake(workdir, "--cores", "2")
+    run_snakemake(workdir, "--cores", "2")
     return workdir
 
 
@@ -144,7 +110,7 @@ def test_flow_parameter_change_reruns_flow_and_downstream_only(cohort):
 
 
 def test_lint_is_clean(cohort):
-    result = snakemake(cohort, "--lint", check=False)
+    result = run_snakemake(cohort, "--lint", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -178,31 +144,7 @@ def test_editing_a_library_module_reruns_the_stages_that_import_it(cohort, tmp_p
             shutil.copy(source, copy / item)
 
     def dry_run() -> dict[str, int]:
-        output = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "snakemake",
-                "--snakefile",
-                str(copy / "Snakefile"),
-                "--directory",
-                str(cohort),
-                "--configfile",
-                str(cohort / "config.yaml"),
-                "-n",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        if "Nothing to be done" in output:
-            return {}
-        table = output.split("Job stats:")[1]
-        return {
-            m.group(1): int(m.group(2))
-            for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)
-            if m.group(1) not in ("total", "all")
-        }
+        return planned_jobs(cohort, snakefile=copy / "Snakefile")
 
     assert dry_run() == {}, "an identical copy of the workflow must be a no-op"
     module = copy / "scripts" / "regflow" / "rigid.py"
@@ -214,7 +156,7 @@ def test_editing_a_library_module_reruns_the_stages_that_import_it(cohort, tmp_p
 
 
 def test_two_runs_give_identical_metrics_and_pixels(cohort):
-    snakemake(cohort, "--cores", "2", "--config", "outdir=out_again")
+    run_snakemake(cohort, "--cores", "2", "--config", "outdir=out_again")
     for sample in ("ihc_rigid", "ihc_to_fluorescence", "fluorescence_to_ihc"):
         first = json.loads((cohort / "out" / sample / "metrics.json").read_text())
         second = json.loads((cohort / "out_again" / sample / "metrics.json").read_text())
@@ -227,7 +169,7 @@ def test_two_runs_give_identical_metrics_and_pixels(cohort):
 
 
 def test_html_report_has_summary_and_every_sample(cohort):
-    snakemake(cohort, "--report", str(cohort / "report.html"))
+    run_snakemake(cohort, "--report", str(cohort / "report.html"))
     html = (cohort / "report.html").read_text()
     assert "summary.png" in html and "summary.tsv" in html
     for sample in ("ihc_rigid", "ihc_to_fluorescence", "fluorescence_to_ihc"):

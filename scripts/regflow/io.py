@@ -7,7 +7,6 @@ interleaved RGB, which is what slide viewers expect of brightfield images.
 
 from __future__ import annotations
 
-import math
 import os
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
@@ -276,16 +275,6 @@ def read_image(path: str | os.PathLike, level: int = 0) -> np.ndarray:
     return np.moveaxis(data, -1, 0)
 
 
-def _pyramid_shapes(shape: tuple[int, int], min_size: int) -> list[tuple[int, int]]:
-    """Shapes of the 2× sub-resolution levels down to ``min_size`` on the longest side."""
-    shapes = []
-    height, width = shape
-    while max(height, width) > min_size:
-        height, width = max(1, math.ceil(height / 2)), max(1, math.ceil(width / 2))
-        shapes.append((height, width))
-    return shapes
-
-
 def _downsample2(image: np.ndarray) -> np.ndarray:
     """Halve a ``(C, Y, X)`` image by 2×2 block averaging, keeping its dtype."""
     channels, height, width = image.shape
@@ -327,66 +316,27 @@ def write_ome_tiff(
         Sub-resolution levels (2× each, as SubIFDs) are added until the longest side is
         at most this.
     """
-    path = Path(path)
     if image.ndim != 3:
         raise ValueError(f"expected a (C, Y, X) image, got shape {image.shape}")
     if len(channel_names) != image.shape[0]:
         raise ValueError(f"{len(channel_names)} channel names for {image.shape[0]} channels")
-    rgb = rgb and image.shape[0] == 3 and image.dtype == np.uint8
-    metadata: dict = {"axes": "YXS" if rgb else "CYX"}
-    if not rgb:
-        metadata["Channel"] = {"Name": list(channel_names)}
-    if pixel_size_um:
-        metadata.update(
-            PhysicalSizeX=float(pixel_size_um),
-            PhysicalSizeXUnit="µm",
-            PhysicalSizeY=float(pixel_size_um),
-            PhysicalSizeYUnit="µm",
-        )
-    sub_shapes = _pyramid_shapes(image.shape[1:], pyramid_min_size)
-    options = {
-        "tile": (tile, tile),
-        "compression": compression,
-        "photometric": "rgb" if rgb else "minisblack",
-        "resolutionunit": "CENTIMETER" if pixel_size_um else "NONE",
-    }
-
-    def as_stored(level: np.ndarray) -> np.ndarray:
-        return np.moveaxis(level, 0, -1) if rgb else level
-
-    def resolution(factor: float) -> tuple[float, float] | None:
-        if not pixel_size_um:
-            return None
-        per_cm = 1e4 / (pixel_size_um * factor)
-        return (per_cm, per_cm)
-
-    # Leftovers of an earlier, killed writer of the same output are never valid: remove them.
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
-            tif.write(
-                as_stored(image),
-                subifds=len(sub_shapes),
-                metadata=metadata,
-                resolution=resolution(1),
-                **options,
-            )
-            level = image
-            for depth, _ in enumerate(sub_shapes, start=1):
-                level = _downsample2(level)
-                tif.write(
-                    as_stored(level),
-                    subfiletype=1,
-                    metadata=None,
-                    resolution=resolution(2**depth),
-                    **options,
-                )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    blocks = (
+        (row // tile, col // tile, image[:, row : row + tile, col : col + tile])
+        for row in range(0, image.shape[1], tile)
+        for col in range(0, image.shape[2], tile)
+    )
+    write_ome_tiff_tiled(
+        path,
+        image.shape,
+        image.dtype,
+        blocks,
+        channel_names,
+        pixel_size_um,
+        rgb,
+        tile,
+        pyramid_min_size,
+        compression,
+    )
 
 
 class RegionReader:
