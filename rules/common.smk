@@ -25,9 +25,13 @@ def load_samples(path):
     table.columns = [c.strip() for c in table.columns]
     table = table.apply(lambda column: column.str.strip())
     if "sample" not in table.columns:
+        comma = len(table.columns) == 1 and "," in table.columns[0]
+        hint = "; the sheet must be tab-separated (TSV), not comma-separated" if comma else ""
         raise ValueError(
-            f"sample sheet {path}: no column 'sample'; found {list(table.columns)}"
+            f"sample sheet {path}: no column 'sample'; found {list(table.columns)}{hint}"
         )
+    if table.empty:
+        raise ValueError(f"sample sheet {path} has no rows; add one row per image pair")
     return table
 
 

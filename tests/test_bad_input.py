@@ -330,3 +330,18 @@ def _processes_in_group(group: int) -> list[int]:
             except OSError:
                 pass
     return pids
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("sample\tfixed\tmoving\n", "has no rows; add one row per image pair"),
+        ("sample,fixed,moving\na,b,c\n", "must be tab-separated (TSV), not comma-separated"),
+    ],
+)
+def test_malformed_sheet(tmp_path, content, message):
+    (tmp_path / "samples.tsv").write_text(content)
+    (tmp_path / "config.yaml").write_text("samples: samples.tsv\noutdir: out\n")
+    result = run(tmp_path)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
