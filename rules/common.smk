@@ -26,7 +26,11 @@ def load_samples(path):
     table = table.apply(lambda column: column.str.strip())
     if "sample" not in table.columns:
         comma = len(table.columns) == 1 and "," in table.columns[0]
-        hint = "; the sheet must be tab-separated (TSV), not comma-separated" if comma else ""
+        hint = (
+            "; the sheet must be tab-separated (TSV), not comma-separated"
+            if comma
+            else ""
+        )
         raise ValueError(
             f"sample sheet {path}: no column 'sample'; found {list(table.columns)}{hint}"
         )
