@@ -34,6 +34,7 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
         normalise_sigma=settings["normalise_sigma"],
         smoothing_sigma=settings["smoothing_sigma"],
         min_improvement=settings["min_improvement"],
+        max_size=settings["max_size"],
         overlap=overlap,
         **solver,
     )

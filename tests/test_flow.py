@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from regflow.example import KnownWarp, fixed_landmarks, map_landmarks, render_moving
 from regflow.flow import refine_flow, to_full_resolution
 from regflow.preprocess import preprocess
@@ -6,7 +7,8 @@ from regflow.rigid import register_rigid, warp_to_fixed
 from regflow.transform import Transform
 
 
-def test_flow_recovers_elastic_deformation_beyond_rigid(ihc_small):
+@pytest.mark.parametrize("max_size", [0, 160])
+def test_flow_recovers_elastic_deformation_beyond_rigid(ihc_small, max_size):
     warp = KnownWarp(angle_deg=-30.0, scale=1.0, shift=(4.0, 3.0), elastic_px=5.0, seed=4)
     shape = ihc_small.shape[1:]
     moving_rgb = render_moving(ihc_small, warp, shape, np.full(3, 255.0)).round().astype(np.uint8)
@@ -15,7 +17,7 @@ def test_flow_recovers_elastic_deformation_beyond_rigid(ihc_small):
     rigid = register_rigid(fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask)
     moving_rigid = warp_to_fixed(moving.image, rigid.fixed_to_moving, shape)
     mask = warp_to_fixed(moving.tissue_mask.astype(np.float32), rigid.fixed_to_moving, shape) > 0.5
-    result = refine_flow(fixed.image, moving_rigid, fixed.tissue_mask, mask)
+    result = refine_flow(fixed.image, moving_rigid, fixed.tissue_mask, mask, max_size=max_size)
     assert result.accepted
     assert result.ncc_final > result.ncc_rigid
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage import registration
+from skimage import registration, transform
 
 from .metrics import ncc
 
@@ -102,6 +102,7 @@ def refine_flow(
     smoothing_sigma: float = 4.0,
     min_improvement: float = 0.005,
     overlap: np.ndarray | None = None,
+    max_size: int = 0,
     **solver_options,
 ) -> FlowResult:
     """Estimate, regularise and verify a displacement field.
@@ -121,6 +122,10 @@ def refine_flow(
     overlap : ndarray of bool, optional
         Fixed pixels that the moving image covers. Elsewhere the flow sees the fixed image in
         place of the moving one, so the image border is not mistaken for motion.
+    max_size : int
+        Estimate the field on images at most this large (longest side, px) and interpolate it
+        back: the regularised field is smooth on the scale of ``smoothing_sigma``, so a
+        coarser estimate loses little and costs a fraction. 0 uses the full working size.
     **solver_options
         Passed to :func:`estimate_displacement`.
     """
@@ -130,14 +135,31 @@ def refine_flow(
     if method == "none":
         return FlowResult(zeros, False, ncc_rigid, ncc_rigid, "refinement disabled (method none)")
     moving_in = moving_rigid if overlap is None else np.where(overlap, moving_rigid, fixed)
+    factor = min(1.0, max_size / max(fixed.shape)) if max_size else 1.0
+    fixed_in, moving_in = fixed, moving_in
+    if factor < 1.0:
+        small = tuple(max(8, int(round(n * factor))) for n in fixed.shape)
+        fixed_in, moving_in = (
+            transform.resize(im, small, order=1, anti_aliasing=True, preserve_range=True)
+            for im in (fixed_in, moving_in)
+        )
     if normalise_sigma > 0:
-        fixed_in = local_normalise(fixed, normalise_sigma)
-        moving_in = local_normalise(moving_in, normalise_sigma)
-    else:
-        fixed_in = fixed
+        fixed_in = local_normalise(fixed_in, normalise_sigma * factor)
+        moving_in = local_normalise(moving_in, normalise_sigma * factor)
     displacement = estimate_displacement(fixed_in, moving_in, method, **solver_options)
     if smoothing_sigma > 0:
-        displacement = np.stack([ndi.gaussian_filter(d, smoothing_sigma) for d in displacement])
+        displacement = np.stack(
+            [ndi.gaussian_filter(d, smoothing_sigma * factor) for d in displacement]
+        )
+    if factor < 1.0:
+        # back to the working grid, in working pixels (per-axis size ratio)
+        ratios = [fixed.shape[0] / displacement.shape[1], fixed.shape[1] / displacement.shape[2]]
+        displacement = np.stack(
+            [
+                transform.resize(d, fixed.shape, order=1, preserve_range=True) * ratio
+                for d, ratio in zip(displacement, ratios, strict=True)
+            ]
+        )
     displacement = displacement.astype(np.float32)
     refined = warp_by_displacement(moving_rigid, displacement)
     ncc_final = ncc(fixed, refined, region)
