@@ -278,21 +278,6 @@ def tissue_mask(image: np.ndarray, min_fraction: float = 0.01, mask_size: int = 
     return mask
 
 
-def equalise_in_mask(image: np.ndarray, mask: np.ndarray, bins: int = 1024) -> np.ndarray:
-    """Histogram-equalise with the intensity distribution of the tissue only.
-
-    A monotone remapping, so structure is unchanged, that gives every stain and modality the
-    same (uniform) intensity distribution inside the tissue; background stays dark. Stains
-    whose signal sits in a few bright spots (DAB, sparse markers) then no longer leave the
-    rest of the tissue near black.
-    """
-    values = image[mask] if mask.any() else image.ravel()
-    histogram, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    cdf = np.cumsum(histogram).astype(np.float64)
-    cdf /= max(cdf[-1], 1.0)
-    return np.interp(image, edges[1:], cdf).astype(np.float32)
-
-
 def downsample(image: np.ndarray, working_shape: tuple[int, int]) -> np.ndarray:
     """Anti-aliased resize of a 2-D float image."""
     if tuple(working_shape) == image.shape:
@@ -310,7 +295,6 @@ def preprocess(
     scale: float,
     full_shape: tuple[int, int] | None = None,
     fluorescence_log: bool = False,
-    equalise: bool = False,
 ) -> Preprocessed:
     """Registration channel, tissue mask and coordinate frame at working resolution.
 
@@ -337,12 +321,9 @@ def preprocess(
             "choose another channel"
         )
     signal = normalise_percentile(downsample(signal, working_shape), 0.0, 99.9)
-    mask = tissue_mask(signal)
-    if equalise:
-        signal = equalise_in_mask(signal, mask)
     return Preprocessed(
         image=signal,
-        tissue_mask=mask,
+        tissue_mask=tissue_mask(signal),
         full_to_working=scale_matrix(full_shape, working_shape),
         full_shape=full_shape,
     )
