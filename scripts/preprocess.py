@@ -29,10 +29,17 @@ with stage_log(snakemake.log[0], "preprocess", sample) as log:
         )
     )
     summary = {"sample": sample}
+    modalities = {role: row.get(f"{role}_modality") or "brightfield" for role in infos}
     for role, info in infos.items():
-        modality = row.get(f"{role}_modality") or "brightfield"
+        modality = modalities[role]
+        partner = modalities["moving" if role == "fixed" else "fixed"]
         result, channel, level = preprocess_file(
-            info, modality, row.get(f"{role}_channel"), scales[role], settings["fluorescence_log"]
+            info,
+            modality,
+            row.get(f"{role}_channel"),
+            scales[role],
+            settings["fluorescence_log"],
+            partner_modality=partner,
         )
         log.info(
             "%s %s: %s, %d channel(s) %s, %s; channel %r; pyramid level %d; "

@@ -44,6 +44,7 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
             diagonal=float(np.hypot(height, width)),
         )
 
+    diagonal = float(np.hypot(*transform.fixed_shape))
     status, reason = decide_status(
         flow["accepted"], similarity["final"]["ncc"], settings["min_ncc"], flow["reason"]
     )
@@ -65,7 +66,8 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         "flow": {
             k: flow[k]
             for k in ("accepted", "reason", "displacement_max_px", "displacement_mean_px")
-        },
+        }
+        | {"displacement_mean_relative": flow["displacement_mean_px"] / diagonal},
         "landmarks": landmarks,
         "seconds": {
             "preprocess": preprocess_info["seconds"],

@@ -19,6 +19,11 @@ def test_resolve_channel_names_indices_and_keywords():
     assert resolve_channel("panck", "fluorescence", names, False) == 2
     assert resolve_channel("2", "fluorescence", names, False) == 2
     assert resolve_channel(None, "brightfield", ["R", "G", "B"], True) == "luminance"
+    # Against fluorescence, the nuclear stain is the default: it matches DAPI.
+    assert (
+        resolve_channel("", "brightfield", ["R", "G", "B"], True, "fluorescence") == "hematoxylin"
+    )
+    assert resolve_channel("", "brightfield", ["R", "G", "B"], True, "brightfield") == "luminance"
     assert resolve_channel("Hematoxylin", "brightfield", ["R", "G", "B"], True) == "hematoxylin"
 
 

@@ -52,10 +52,20 @@ def register_files(
         fixed_info, moving_info, preprocess["max_size"], preprocess["pixel_size_um"]
     )
     fixed, _, _ = preprocess_file(
-        fixed_info, fixed_modality, fixed_channel, fixed_scale, preprocess["fluorescence_log"]
+        fixed_info,
+        fixed_modality,
+        fixed_channel,
+        fixed_scale,
+        preprocess["fluorescence_log"],
+        partner_modality=moving_modality,
     )
     moving, _, _ = preprocess_file(
-        moving_info, moving_modality, moving_channel, moving_scale, preprocess["fluorescence_log"]
+        moving_info,
+        moving_modality,
+        moving_channel,
+        moving_scale,
+        preprocess["fluorescence_log"],
+        partner_modality=fixed_modality,
     )
     seconds["preprocess"] = time.perf_counter() - start
 

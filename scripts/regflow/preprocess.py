@@ -58,18 +58,24 @@ def resolve_channel(
     modality: str,
     channel_names: Sequence[str],
     rgb: bool,
+    partner_modality: str | None = None,
 ) -> str | int:
     """Turn a sample-sheet channel value into a keyword or a 0-based channel index.
 
     Parameters
     ----------
     spec : str, int or None
-        Empty/None means the default: ``luminance`` for RGB brightfield, else channel 0.
+        Empty/None means the default: for RGB brightfield ``hematoxylin`` when the other image
+        of the pair is fluorescence (the nuclear stain that matches a DAPI/Hoechst channel,
+        which is channel 0 of most fluorescence panels) and ``luminance`` otherwise; else
+        channel 0.
     modality : {'brightfield', 'fluorescence'}
     channel_names : sequence of str
         Names of the image's channels (OME names when the file has them).
     rgb : bool
         The image is an RGB(A) colour image.
+    partner_modality : str, optional
+        Modality of the other image of the pair (for the default).
 
     Raises
     ------
@@ -79,7 +85,9 @@ def resolve_channel(
     if modality not in MODALITIES:
         raise ChannelError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
     if spec is None or (isinstance(spec, float) and np.isnan(spec)) or str(spec).strip() == "":
-        return "luminance" if modality == "brightfield" and rgb else 0
+        if modality == "brightfield" and rgb:
+            return "hematoxylin" if partner_modality == "fluorescence" else "luminance"
+        return 0
     text = str(spec).strip()
     if text.lower() in BRIGHTFIELD_CHANNELS:
         if modality != "brightfield" or not rgb:
@@ -366,6 +374,7 @@ def preprocess_file(
     channel_spec: str | None,
     scale: float,
     fluorescence_log: bool = False,
+    partner_modality: str | None = None,
 ) -> tuple[Preprocessed, str | int, int]:
     """Read the pyramid level nearest the working resolution and preprocess it.
 
@@ -377,7 +386,9 @@ def preprocess_file(
     level : int
         The pyramid level that was read.
     """
-    channel = resolve_channel(channel_spec, modality, info.channel_names, info.rgb)
+    channel = resolve_channel(
+        channel_spec, modality, info.channel_names, info.rgb, partner_modality
+    )
     level = choose_level(info, 1.0 / scale)
     image = read_image(info.path, level)
     result = preprocess(image, modality, channel, info.rgb, scale, info.shape, fluorescence_log)

@@ -341,13 +341,21 @@ def summary_row(metrics: dict) -> dict:
     row["rotation_deg"] = rigid.get("rotation_deg")
     row["scale"] = rigid.get("scale")
     row["seconds"] = sum(v for v in (metrics.get("seconds") or {}).values() if v)
-    row["flags"] = ";".join(outlier_flags(row))
+    deformation = (metrics.get("flow") or {}).get("displacement_mean_relative")
+    row["flags"] = ";".join(outlier_flags(row, deformation))
     return row
 
 
-def outlier_flags(row: dict) -> list[str]:
-    """Reasons a sample deserves a look, for the cohort view."""
+def outlier_flags(row: dict, deformation: float | None = None) -> list[str]:
+    """Reasons a sample deserves a look, for the cohort view.
+
+    ``deformation`` is the mean non-rigid displacement over the image diagonal: a refinement
+    that has to move tissue by more than 1 % of the slide on average usually compensates a
+    wrong global alignment rather than real section deformation.
+    """
     flags = []
+    if deformation is not None and deformation > 0.01:
+        flags.append("large_deformation")
     if row["status"] != "ok":
         flags.append(row["status"])
     if row.get("ncc_final") is not None and row.get("ncc_initial") is not None:
