@@ -83,3 +83,21 @@ def test_mirrored_section_found_only_when_allowed(ihc_small):
     points = np.array([[40.0, 50.0], [200.0, 120.0]])
     expected = np.stack([255.0 - points[:, 0], points[:, 1]], axis=1)
     np.testing.assert_allclose(apply_matrix(result.fixed_to_moving, points), expected, atol=0.5)
+
+
+def test_partial_view_of_the_fixed_slide(ihc_rgb):
+    """The moving image shows 60 % of the fixed one, rotated: compare only where both exist."""
+    warp = KnownWarp(angle_deg=30.0, scale=1.0, shift=(0.0, 0.0))
+    fixed = preprocess(ihc_rgb, "brightfield", "luminance", True, 1.0)
+    crop = (307, 307)
+    moving_rgb = render_moving(ihc_rgb, warp, crop, np.full(3, 255.0)).round().astype(np.uint8)
+    moving = preprocess(moving_rgb, "brightfield", "luminance", True, 1.0)
+    result = register_rigid(fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask)
+    points = fixed_landmarks(fixed.image, n_points=60, margin=32)
+    truth = map_landmarks(points, warp, ihc_rgb.shape[1:], crop)
+    inside = ((truth > 2) & (truth < crop[0] - 3)).all(axis=1)
+    assert inside.sum() >= 3
+    error = np.linalg.norm(
+        apply_matrix(result.fixed_to_moving, points[inside]) - truth[inside], axis=1
+    )
+    assert np.median(error) < 1.0

@@ -130,6 +130,8 @@ def refine_flow(
         Passed to :func:`estimate_displacement`.
     """
     region = fixed_mask | moving_mask_rigid
+    if overlap is not None:
+        region &= overlap  # judge the match only where both images have pixels
     ncc_rigid = ncc(fixed, moving_rigid, region)
     zeros = np.zeros((2, *fixed.shape), np.float32)
     if method == "none":

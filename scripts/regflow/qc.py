@@ -77,7 +77,7 @@ def stage_transforms(transform: Transform) -> dict[str, Transform]:
 def similarity_by_stage(
     fixed: WorkingImage, moving: WorkingImage, transforms: dict[str, Transform]
 ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
-    """NCC and NMI on the tissue masks (fixed ∪ warped moving) for each stage.
+    """NCC and NMI on the tissue masks (fixed ∪ warped moving, within the overlap) per stage.
 
     Returns
     -------
@@ -90,7 +90,9 @@ def similarity_by_stage(
     for stage, transform in transforms.items():
         image = resample_to_fixed(fixed, moving, transform, moving.image)
         mask = resample_to_fixed(fixed, moving, transform, moving.tissue_mask) > 0.5
-        region = fixed.tissue_mask | mask
+        footprint = resample_to_fixed(fixed, moving, transform, np.ones(moving.image.shape)) > 0.5
+        # Tissue of either image, where both images have pixels.
+        region = (fixed.tissue_mask | mask) & footprint
         metrics[stage] = {
             "ncc": ncc(fixed.image, image, region),
             "nmi": nmi(fixed.image, image, region),

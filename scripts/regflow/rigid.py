@@ -109,6 +109,33 @@ def _centre(shape: tuple[int, int]) -> np.ndarray:
     return np.array([(shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0])
 
 
+def _comparison_region(
+    fixed_mask: np.ndarray,
+    moving_mask: np.ndarray,
+    fixed_to_moving: np.ndarray,
+    min_overlap: float = 0.25,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Where two images are compared: tissue of either, inside the moving image's footprint.
+
+    Comparing outside the footprint would score the footprint's placement (moving pixels are
+    0 there) rather than the match, which misleads whenever one image shows only part of the
+    other. Returns ``None`` as the region when the footprint covers less than ``min_overlap``
+    of the smaller image: too little to judge, and a tiny overlap can correlate by chance.
+
+    Returns
+    -------
+    region : ndarray of bool or None
+    warped_mask : ndarray, float
+        The moving mask resampled on the fixed grid.
+    """
+    warped_mask = warp_to_fixed(moving_mask.astype(np.float32), fixed_to_moving, fixed_mask.shape)
+    footprint = overlap_mask(moving_mask.shape, fixed_to_moving, fixed_mask.shape)
+    moving_area = moving_mask.size / max(abs(np.linalg.det(fixed_to_moving[:2, :2])), 1e-9)
+    if footprint.sum() < min_overlap * min(fixed_mask.size, moving_area):
+        return None, warped_mask
+    return (fixed_mask | (warped_mask > 0.5)) & footprint, warped_mask
+
+
 def _masked_ncc(
     fixed: np.ndarray,
     moving: np.ndarray,
@@ -116,11 +143,11 @@ def _masked_ncc(
     moving_mask: np.ndarray,
     fixed_to_moving: np.ndarray,
 ) -> float:
-    """NCC on the union of both tissue masks, in the fixed frame."""
-    warped = warp_to_fixed(moving, fixed_to_moving, fixed.shape)
-    warped_mask = warp_to_fixed(moving_mask.astype(np.float32), fixed_to_moving, fixed.shape)
-    region = fixed_mask | (warped_mask > 0.5)
-    return ncc(fixed, warped, region)
+    """NCC on the union of both tissue masks within the overlap, in the fixed frame."""
+    region, _ = _comparison_region(fixed_mask, moving_mask, fixed_to_moving)
+    if region is None:
+        return -1.0
+    return ncc(fixed, warp_to_fixed(moving, fixed_to_moving, fixed.shape), region)
 
 
 def _spectrum_log_polar(image: np.ndarray, size: int, radius: int, n_angles: int) -> np.ndarray:
@@ -348,8 +375,8 @@ def refine(
 def _union_region(
     fixed_mask: np.ndarray, moving_mask: np.ndarray, fixed_to_moving: np.ndarray
 ) -> np.ndarray:
-    warped = warp_to_fixed(moving_mask.astype(np.float32), fixed_to_moving, fixed_mask.shape)
-    return fixed_mask | (warped > 0.5)
+    region, warped = _comparison_region(fixed_mask, moving_mask, fixed_to_moving)
+    return fixed_mask | (warped > 0.5) if region is None else region
 
 
 class _Level:
@@ -368,9 +395,10 @@ class _Level:
         The tissue outline is the same whatever the stain or modality, so it keeps candidate
         ranking sound where intensities correlate poorly (e.g. H&E against a DAB-dominated IHC).
         """
+        region, warped_mask = _comparison_region(self.fixed_mask, self.moving_mask, matrix)
+        if region is None:
+            return -1.0
         warped = warp_to_fixed(self.moving, matrix, self.fixed.shape)
-        warped_mask = warp_to_fixed(self.moving_mask.astype(np.float32), matrix, self.fixed.shape)
-        region = self.fixed_mask | (warped_mask > 0.5)
         return 0.5 * (ncc(self.fixed, warped, region) + ncc(self.fixed_mask, warped_mask))
 
     def from_working(self, matrix: np.ndarray) -> np.ndarray:
