@@ -47,21 +47,25 @@ class WorkingImage:
 
 
 def resample_to_fixed(
-    fixed: WorkingImage, moving: WorkingImage, transform: Transform, values: np.ndarray
-) -> np.ndarray:
-    """Sample a moving working-resolution array on the fixed working grid through a transform.
+    fixed: WorkingImage, moving: WorkingImage, transform: Transform, *values: np.ndarray
+) -> list[np.ndarray]:
+    """Sample moving working-resolution arrays on the fixed working grid through a transform.
 
     Works for any :class:`Transform` (identity, global, or with displacement) because it goes
     through full-resolution coordinates: working fixed → full fixed → full moving → working.
+    The coordinates are computed once for all ``values``.
     """
     rows, cols = np.mgrid[: fixed.image.shape[0], : fixed.image.shape[1]]
     points = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64)
     full = apply_matrix(np.linalg.inv(fixed.full_to_working), points)
-    moving_full = transform.fixed_to_moving(full)
-    moving_working = apply_matrix(moving.full_to_working, moving_full)
+    moving_working = apply_matrix(moving.full_to_working, transform.fixed_to_moving(full))
     coords = np.stack([moving_working[:, 1], moving_working[:, 0]])
-    sampled = ndi.map_coordinates(values.astype(np.float32), coords, order=1, cval=0.0)
-    return sampled.reshape(fixed.image.shape)
+    return [
+        ndi.map_coordinates(v.astype(np.float32), coords, order=1, cval=0.0).reshape(
+            fixed.image.shape
+        )
+        for v in values
+    ]
 
 
 def stage_transforms(transform: Transform) -> dict[str, Transform]:
@@ -88,11 +92,11 @@ def similarity_by_stage(
     """
     metrics, warped = {}, {}
     for stage, transform in transforms.items():
-        image = resample_to_fixed(fixed, moving, transform, moving.image)
-        mask = resample_to_fixed(fixed, moving, transform, moving.tissue_mask) > 0.5
-        footprint = resample_to_fixed(fixed, moving, transform, np.ones(moving.image.shape)) > 0.5
+        image, mask, footprint = resample_to_fixed(
+            fixed, moving, transform, moving.image, moving.tissue_mask, np.ones(moving.image.shape)
+        )
         # Tissue of either image, where both images have pixels.
-        region = (fixed.tissue_mask | mask) & footprint
+        region = (fixed.tissue_mask | (mask > 0.5)) & (footprint > 0.5)
         metrics[stage] = {
             "ncc": ncc(fixed.image, image, region),
             "nmi": nmi(fixed.image, image, region),
