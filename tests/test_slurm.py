@@ -3,12 +3,11 @@
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import snakemake_command
+from helpers import make_cohort, snakemake_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,19 +28,7 @@ pytestmark = [
 
 
 def test_example_cohort_on_slurm(tmp_path):
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts/make_example_cohort.py"),
-            "--outdir",
-            str(tmp_path / "data"),
-            "--size",
-            "160",
-            "--sheet",
-            str(tmp_path / "samples.tsv"),
-        ],
-        check=True,
-    )
+    make_cohort(tmp_path / "data", 160, tmp_path / "samples.tsv")
     (tmp_path / "config.yaml").write_text("samples: samples.tsv\noutdir: out\n")
     command = snakemake_command(
         tmp_path,

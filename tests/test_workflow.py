@@ -1,15 +1,13 @@
 """End-to-end: the workflow on a tiny generated cohort, in a temporary directory."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from helpers import planned_jobs, run_snakemake
+from helpers import make_cohort, planned_jobs, run_snakemake
 from regflow.io import read_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,19 +18,7 @@ pytestmark = pytest.mark.workflow
 def cohort(tmp_path_factory):
     """Generate a tiny 3-pair cohort and run the whole workflow once."""
     workdir = tmp_path_factory.mktemp("cohort")
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts/make_example_cohort.py"),
-            "--outdir",
-            str(workdir / "data"),
-            "--size",
-            "160",
-            "--sheet",
-            str(workdir / "samples.tsv"),
-        ],
-        check=True,
-    )
+    make_cohort(workdir / "data", 160, workdir / "samples.tsv")
     (workdir / "config.yaml").write_text("samples: samples.tsv\noutdir: out\n")
     run_snakemake(workdir, "--cores", "2")
     return workdir
