@@ -1,3 +1,4 @@
+import functools
 import hashlib
 import sys
 from pathlib import Path
@@ -82,7 +83,9 @@ def library_hash(*modules):
     return digest.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=None)
 def image_megabytes(path):
+    """Full-resolution size of an image from its header (cached: resources ask repeatedly)."""
     from regflow.io import read_info
 
     info = read_info(path)
