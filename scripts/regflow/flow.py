@@ -17,6 +17,8 @@ from scipy import ndimage as ndi
 from skimage import registration, transform
 
 from .metrics import ncc
+from .rigid import overlap_mask, warp_to_fixed
+from .transform import Transform
 
 METHODS = ("tvl1", "ilk", "none")
 
@@ -194,3 +196,49 @@ def to_full_resolution(
     """
     sx, sy = fixed_full_to_working[0, 0], fixed_full_to_working[1, 1]
     return np.stack([displacement_rc[1] / sx, displacement_rc[0] / sy]).astype(np.float32)
+
+
+def refine_after_global(
+    fixed_image: np.ndarray,
+    fixed_mask: np.ndarray,
+    moving_image: np.ndarray,
+    moving_mask: np.ndarray,
+    fixed_to_moving: np.ndarray,
+    **options,
+) -> FlowResult:
+    """Resample the moving image through the global transform, then :func:`refine_flow`.
+
+    Parameters
+    ----------
+    fixed_image, fixed_mask, moving_image, moving_mask : ndarray
+        Preprocessed images and tissue masks at working resolution.
+    fixed_to_moving : ndarray, shape (3, 3)
+        The global transform at working resolution.
+    **options
+        Passed to :func:`refine_flow`.
+    """
+    shape = fixed_image.shape
+    moving_rigid = warp_to_fixed(moving_image, fixed_to_moving, shape, mode="nearest")
+    overlap = overlap_mask(moving_image.shape, fixed_to_moving, shape)
+    moving_rigid[~overlap] = 0.0
+    warped_mask = warp_to_fixed(moving_mask.astype(np.float32), fixed_to_moving, shape) > 0.5
+    return refine_flow(
+        fixed_image, moving_rigid, fixed_mask, warped_mask, overlap=overlap, **options
+    )
+
+
+def full_transform(
+    affine_full: np.ndarray,
+    result: FlowResult,
+    fixed_full_to_working: np.ndarray,
+    fixed_shape: tuple[int, int],
+    moving_shape: tuple[int, int],
+) -> Transform:
+    """The complete fixed → moving transform: global part plus the (accepted) flow field."""
+    return Transform(
+        affine=np.asarray(affine_full, np.float64),
+        displacement=to_full_resolution(result.displacement, fixed_full_to_working),
+        fixed_full_to_working=np.asarray(fixed_full_to_working),
+        fixed_shape=tuple(int(v) for v in fixed_shape),
+        moving_shape=tuple(int(v) for v in moving_shape),
+    )

@@ -6,12 +6,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from . import flow
 from .io import read_info
 from .preprocess import Preprocessed, pair_scales, preprocess_file
-from .rigid import RigidResult, overlap_mask, register_rigid, to_full_resolution, warp_to_fixed
+from .rigid import RigidResult, register_rigid, to_full_resolution
 from .transform import Transform
 
 
@@ -79,25 +77,17 @@ def register_files(
     seconds["rigid"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    shape = fixed.image.shape
-    matrix = rigid_result.fixed_to_moving
-    moving_rigid = warp_to_fixed(moving.image, matrix, shape, mode="nearest")
-    overlap = overlap_mask(moving.image.shape, matrix, shape)
-    moving_rigid[~overlap] = 0.0
-    moving_mask = (
-        warp_to_fixed(moving.tissue_mask.astype(np.float32), rigid_result.fixed_to_moving, shape)
-        > 0.5
-    )
-    flow_result = flow.refine_flow(
-        fixed.image, moving_rigid, fixed.tissue_mask, moving_mask, overlap=overlap, **flow_options
+    flow_result = flow.refine_after_global(
+        fixed.image,
+        fixed.tissue_mask,
+        moving.image,
+        moving.tissue_mask,
+        rigid_result.fixed_to_moving,
+        **flow_options,
     )
     seconds["flow"] = time.perf_counter() - start
-    transform = Transform(
-        affine=affine,
-        displacement=flow.to_full_resolution(flow_result.displacement, fixed.full_to_working),
-        fixed_full_to_working=fixed.full_to_working,
-        fixed_shape=fixed.full_shape,
-        moving_shape=moving.full_shape,
+    transform = flow.full_transform(
+        affine, flow_result, fixed.full_to_working, fixed.full_shape, moving.full_shape
     )
     return Registration(
         transform=transform,
