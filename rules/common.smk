@@ -142,9 +142,8 @@ def qc_inputs(wildcards):
 def write_summary_after_failure():
     """onerror: summary.tsv/png with every sample, failed ones with the reason from their log."""
     import json
-    import os
 
-    from regflow.qc import cohort_table, failure_reason, summary_figure
+    from regflow.qc import cohort_table, failure_reason, write_summary
 
     results, failures = {}, {}
     for sample in samples.index:
@@ -157,10 +156,7 @@ def write_summary_after_failure():
     table = cohort_table(results, failures)
     Path(OUTDIR).mkdir(parents=True, exist_ok=True)
     target = Path(OUTDIR, "summary.tsv")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, sep="\t", index=False, na_rep="", float_format="%.6g")
-    os.replace(tmp, target)
-    summary_figure(str(Path(OUTDIR, "summary.png")), table)
+    write_summary(table, target, Path(OUTDIR, "summary.png"))
     failed = table.loc[table["status"] == "failed", ["sample", "reason"]]
     logger.error(
         f"{len(failed)} sample(s) failed; the others completed. Summary: {target}\n"

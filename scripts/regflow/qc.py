@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib
 
@@ -147,6 +149,27 @@ def decide_status(
     if not flow_accepted:
         return "rigid_only", flow_reason
     return "ok", ""
+
+
+def _save_figure(fig, path: str | os.PathLike) -> None:
+    """Save a PNG atomically (temporary name, then rename) and release the figure."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def write_summary(table: pd.DataFrame, table_path: str | os.PathLike, figure_path) -> None:
+    """Write summary.tsv and summary.png, each atomically."""
+    table_path = Path(table_path)
+    tmp = table_path.with_name(f".{table_path.name}.{os.getpid()}.tmp")
+    table.to_csv(tmp, sep="\t", index=False, na_rep="", float_format="%.6g")
+    os.replace(tmp, table_path)
+    summary_figure(figure_path, table)
 
 
 def _composite(fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
@@ -313,8 +336,7 @@ def qc_figure(
         fontsize=12,
         transform=text_ax.transAxes,
     )
-    fig.savefig(path)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def _wrap(text: str, width: int) -> str:
@@ -425,8 +447,7 @@ def summary_figure(path: str, table: pd.DataFrame) -> None:
     fig.suptitle(
         f"regflow cohort: {n} sample(s); {n_flagged} flagged for review (red)", fontsize=14
     )
-    fig.savefig(path)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 FAILURE_PREFIX = "FAILED "
