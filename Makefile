@@ -33,9 +33,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slurm"
 
 # A real single-node SLURM (Debian packages, started by tests/slurm/start-cluster.sh; root).
+# The cluster is stopped (and its configuration removed) afterwards, pass or fail.
 test-slurm: $(STAMP)
 	bash tests/slurm/start-cluster.sh
-	$(BIN)/python -m pytest -m slurm -rs
+	$(BIN)/python -m pytest -m slurm -rs; status=$$?; bash tests/slurm/stop-cluster.sh; exit $$status
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not workflow"

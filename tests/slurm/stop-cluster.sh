@@ -23,3 +23,12 @@ stop "$RUN/slurmctld.pid" slurmctld
 stop "$RUN/slurmdbd.pid" slurmdbd
 stop "$RUN/mysql/mysqld.pid" mariadbd
 stop "$RUN/munge/munged.pid" munged
+# Remove the configuration start-cluster.sh wrote (only files carrying its tag): with a
+# slurm.conf but no controller, every `scontrol` — which Snakemake's SLURM executor plugin
+# runs when it is imported, i.e. at every `snakemake` start — waits ~10 s for a timeout.
+TAG="# written by regflow tests/slurm/start-cluster.sh"
+for conf in /etc/slurm/slurm.conf /etc/slurm/slurmdbd.conf; do
+  if [ -f "$conf" ] && [ "$(head -1 "$conf")" = "$TAG" ]; then
+    rm -f "$conf" && echo "[slurm] removed $conf"
+  fi
+done
