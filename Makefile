@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CORES  ?= all
 EXAMPLE_STAMP := example/data/.complete
 
-.PHONY: run test test-slurm test-unit test-workflow example lint format report clean
+.PHONY: run test test-slurm test-unit test-workflow example lint format report bench clean
 
 # The environment alone (idempotent): reinstalls only when pyproject.toml changes.
 $(VENV): $(STAMP)
@@ -37,6 +37,12 @@ test: $(STAMP)
 test-slurm: $(STAMP)
 	bash tests/slurm/start-cluster.sh
 	$(BIN)/python -m pytest -m slurm -rs; status=$$?; bash tests/slurm/stop-cluster.sh; exit $$status
+
+# Accuracy/speed against baselines on BIRL-style pairs (by hand; adds itk-elastix to .venv).
+BIRL ?= ../shared/data/birl
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python benchmarks/registration.py --pairs $(BIRL)/pairs-imgs-lnds_mix.csv --workflow /tmp/regflow-bench
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not workflow"

@@ -8,13 +8,14 @@ Usage::
 For every pair of the CSV (columns: Target image, Source image, Target landmarks, Source
 landmarks; paths relative to the CSV) it prints median and max rTRE (TRE / diagonal of the
 target image) and seconds of: the unregistered pair, a naive recipe (grayscale, log-polar +
-phase correlation, TV-L1 defaults), regflow's global stage and regflow's final result.
-(The elastix numbers quoted in the issue were measured separately; an elastix column is not
-wired up here yet.) Then generated
+phase correlation, TV-L1 defaults), regflow's global stage and regflow's final result, and —
+when ``itk-elastix`` is installed (``pip install -e '.[bench]'``; never needed by the
+workflow) — elastix rigid → affine → B-spline from a centre-of-gravity start. Then generated
 multimodal pairs with known warps (rotation anywhere in ±180°, scale 0.9–1.1, smooth elastic;
 brightfield fixed / fluorescence moving and the reverse) with median TRE in pixels.
-``--workflow DIR`` also runs the whole Snakemake workflow (``--cores 2``) on the real pairs
-and reports its wall time, Snakemake's job start-up included.
+``--workflow DIR`` also runs the whole Snakemake workflow (``--cores 2``) on the pairs of the
+CSV and reports its wall time, Snakemake's start-up and every job's included, next to the
+sum of elastix's per-pair seconds (its one-off import of ~9 s left out).
 """
 
 from __future__ import annotations
@@ -88,6 +89,63 @@ def naive_recipe(fixed_path: str, moving_path: str) -> Transform:
     return Transform(affine, displacement, np.eye(3), fixed.shape, moving.shape)
 
 
+def elastix_available() -> bool:
+    try:
+        import itk  # noqa: F401
+
+        return hasattr(itk, "ElastixRegistrationMethod")
+    except ImportError:
+        return False
+
+
+def _luminance(path: str) -> np.ndarray:
+    image = read_image(path).astype(np.float32)
+    if image.shape[0] >= 3:
+        return np.tensordot(np.array([0.2125, 0.7154, 0.0721], np.float32), image[:3], axes=1)
+    return image[0]
+
+
+def elastix_recipe(fixed_path: str, moving_path: str, moving_points: np.ndarray) -> np.ndarray:
+    """elastix rigid → affine → B-spline (default maps, centre-of-gravity start) on luminance.
+
+    Returns the moving points mapped into the fixed image. transformix maps points of its
+    *fixed* image into its moving image, so the roles are swapped for the registration (the
+    usual way of mapping source landmarks with elastix).
+    """
+    import tempfile
+
+    import itk
+
+    source = itk.GetImageFromArray(np.ascontiguousarray(_luminance(moving_path)))
+    target = itk.GetImageFromArray(np.ascontiguousarray(_luminance(fixed_path)))
+    parameters = itk.ParameterObject.New()
+    for name in ("rigid", "affine", "bspline"):
+        parameter_map = parameters.GetDefaultParameterMap(name)
+        if name == "rigid":
+            parameter_map["AutomaticTransformInitialization"] = ["true"]
+            parameter_map["AutomaticTransformInitializationMethod"] = ["CenterOfGravity"]
+        parameters.AddParameterMap(parameter_map)
+    _, result = itk.elastix_registration_method(
+        source, target, parameter_object=parameters, log_to_console=False
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        points_file = Path(tmp) / "points.txt"
+        points_file.write_text(
+            f"point\n{len(moving_points)}\n" + "".join(f"{x} {y}\n" for x, y in moving_points)
+        )
+        transformix = itk.TransformixFilter.New(target)
+        transformix.SetTransformParameterObject(result)
+        transformix.SetFixedPointSetFileName(str(points_file))
+        transformix.SetOutputDirectory(tmp)
+        transformix.SetLogToConsole(False)
+        transformix.Update()
+        mapped = [
+            [float(v) for v in line.split("OutputPoint = [")[1].split("]")[0].split()]
+            for line in (Path(tmp) / "outputpoints.txt").read_text().splitlines()
+        ]
+    return np.array(mapped)
+
+
 def rtre(points: np.ndarray, reference: np.ndarray, diagonal: float) -> tuple[float, float]:
     tre = target_registration_error(points, reference) / diagonal
     finite = tre[np.isfinite(tre)]
@@ -98,7 +156,7 @@ def rtre(points: np.ndarray, reference: np.ndarray, diagonal: float) -> tuple[fl
     return float(np.median(tre)), float(np.max(tre))
 
 
-def benchmark_pairs(pairs_csv: Path, max_size: int) -> pd.DataFrame:
+def benchmark_pairs(pairs_csv: Path, max_size: int, elastix: bool) -> pd.DataFrame:
     base = pairs_csv.resolve().parent
     pairs = pd.read_csv(pairs_csv)
     rows = []
@@ -136,6 +194,10 @@ def benchmark_pairs(pairs_csv: Path, max_size: int) -> pd.DataFrame:
             sum(result.seconds[k] for k in ("preprocess", "rigid")),
         )
         add("regflow final", result.transform.moving_to_fixed(moving_points), seconds)
+        if elastix:
+            start = time.perf_counter()
+            mapped = elastix_recipe(fixed_path, moving_path, moving_points)
+            add("elastix", mapped, time.perf_counter() - start)
     return pd.DataFrame(rows)
 
 
@@ -246,7 +308,14 @@ def main() -> None:
     parser.add_argument("--workflow", type=Path, default=None, help="also time the workflow here")
     args = parser.parse_args()
     pd.set_option("display.width", 160)
-    table = benchmark_pairs(args.pairs, args.max_size)
+    elastix = elastix_available()
+    if elastix:
+        import itk  # the one-off import (~9 s) stays out of the per-pair seconds
+
+        itk.ElastixRegistrationMethod  # noqa: B018 (itk loads lazily)
+    else:
+        print("itk-elastix not installed: no elastix rows (pip install -e '.[bench]')")
+    table = benchmark_pairs(args.pairs, args.max_size, elastix)
     print("\n## Real / artificial pairs (rTRE = TRE / target diagonal)\n")
     print(
         table.to_markdown(index=False, floatfmt=".4f")
@@ -264,6 +333,9 @@ def main() -> None:
     if args.workflow:
         seconds = benchmark_workflow(args.pairs, args.workflow)
         print(f"\nwhole workflow, --cores 2, {len(pd.read_csv(args.pairs))} pairs: {seconds:.1f} s")
+        if elastix:
+            total = table.loc[table["method"] == "elastix", "seconds"].sum()
+            print(f"elastix on the same pairs (sum of per-pair seconds): {total:.1f} s")
 
 
 def _has_tabulate() -> bool:

@@ -84,11 +84,16 @@ def library_hash(*modules):
 
 
 @functools.lru_cache(maxsize=None)
-def image_megabytes(path):
-    """Full-resolution size of an image from its header (cached: resources ask repeatedly)."""
+def image_header(path):
+    """An image's header (cached: resources ask repeatedly)."""
     from regflow.io import read_info
 
-    info = read_info(path)
+    return read_info(path)
+
+
+def image_megabytes(path):
+    """Full-resolution size of an image in memory."""
+    info = image_header(path)
     itemsize = pd.api.types.pandas_dtype(info.dtype).itemsize
     return info.shape[0] * info.shape[1] * info.n_channels * itemsize / 2**20
 
@@ -99,6 +104,15 @@ def mem_mb_warp(wildcards, attempt):
     moving = image_megabytes(row["moving"])
     fixed = image_megabytes(row["fixed"])
     return int((600 + 2 * moving + 1.5 * fixed) * attempt)
+
+
+def warp_threads(wildcards):
+    """Two threads for a warp of at least 16 output tiles (whole slides), else one: below
+    that, a thread pool gains nothing and a 2-thread job waits for two free cores."""
+    row = samples.loc[wildcards.sample]
+    height, width = image_header(row["fixed"]).shape
+    tile = config["warp"]["tile"]
+    return 2 if (height / tile) * (width / tile) >= 16 else 1
 
 
 def mem_mb_preprocess(wildcards, attempt):

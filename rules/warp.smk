@@ -13,7 +13,7 @@ rule warp:
         "sample"
     conda:
         "../envs/regflow.yaml"
-    threads: 2
+    threads: warp_threads
     resources:
         mem_mb=mem_mb_warp,
         runtime=60,

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
 from .metrics import ncc, nmi, target_registration_error, tre_summary  # noqa: E402
@@ -48,26 +49,23 @@ class WorkingImage:
     full_to_working: np.ndarray
 
 
-def resample_to_fixed(
-    fixed: WorkingImage, moving: WorkingImage, transform: Transform, *values: np.ndarray
-) -> list[np.ndarray]:
-    """Sample moving working-resolution arrays on the fixed working grid through a transform.
+def _moving_coordinates(
+    fixed: WorkingImage, moving: WorkingImage, transform: Transform
+) -> np.ndarray:
+    """``(row, col)`` in the moving working image of every fixed working pixel, ``(2, n)``.
 
     Works for any :class:`Transform` (identity, global, or with displacement) because it goes
     through full-resolution coordinates: working fixed → full fixed → full moving → working.
-    The coordinates are computed once for all ``values``.
     """
     rows, cols = np.mgrid[: fixed.image.shape[0], : fixed.image.shape[1]]
     points = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64)
     full = apply_matrix(np.linalg.inv(fixed.full_to_working), points)
     moving_working = apply_matrix(moving.full_to_working, transform.fixed_to_moving(full))
-    coords = np.stack([moving_working[:, 1], moving_working[:, 0]])
-    return [
-        ndi.map_coordinates(v.astype(np.float32), coords, order=1, cval=0.0).reshape(
-            fixed.image.shape
-        )
-        for v in values
-    ]
+    return np.stack([moving_working[:, 1], moving_working[:, 0]])
+
+
+def _sample(values: np.ndarray, coords: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return ndi.map_coordinates(values.astype(np.float32), coords, order=1, cval=0.0).reshape(shape)
 
 
 def stage_transforms(transform: Transform) -> dict[str, Transform]:
@@ -93,12 +91,20 @@ def similarity_by_stage(
         ``{stage: moving image on the fixed working grid}`` (for figures).
     """
     metrics, warped = {}, {}
+    height, width = moving.image.shape
     for stage, transform in transforms.items():
-        image, mask, footprint = resample_to_fixed(
-            fixed, moving, transform, moving.image, moving.tissue_mask, np.ones(moving.image.shape)
-        )
+        coords = _moving_coordinates(fixed, moving, transform)
+        image = _sample(moving.image, coords, fixed.image.shape)
+        mask = _sample(moving.tissue_mask, coords, fixed.image.shape)
+        # Where the moving image has pixels (pixel edges included).
+        footprint = (
+            (coords[0] >= -0.5)
+            & (coords[0] <= height - 0.5)
+            & (coords[1] >= -0.5)
+            & (coords[1] <= width - 0.5)
+        ).reshape(fixed.image.shape)
         # Tissue of either image, where both images have pixels.
-        region = (fixed.tissue_mask | (mask > 0.5)) & (footprint > 0.5)
+        region = (fixed.tissue_mask | (mask > 0.5)) & footprint
         metrics[stage] = {
             "ncc": ncc(fixed.image, image, region),
             "nmi": nmi(fixed.image, image, region),
@@ -281,9 +287,9 @@ def qc_figure(
         reference = apply_matrix(to_working, fixed_landmarks[: len(landmarks["final"])])
         for stage, line_colour in (("initial", "#ff4040"), ("final", "#40ff40")):
             points = apply_matrix(to_working, landmarks[stage])
-            for a, b in zip(reference, points, strict=True):
-                if np.isfinite(b).all():
-                    ax.plot([a[0], b[0]], [a[1], b[1]], color=line_colour, linewidth=1.2)
+            mapped = np.isfinite(points).all(axis=1)
+            segments = np.stack([reference[mapped], points[mapped]], axis=1)
+            ax.add_collection(LineCollection(segments, colors=line_colour, linewidths=1.2))
         final = apply_matrix(to_working, landmarks["final"])
         ax.scatter(reference[:, 0], reference[:, 1], s=36, facecolors="none", edgecolors="#00bfff")
         ax.scatter(final[:, 0], final[:, 1], s=30, marker="x", color="#ffd700")
