@@ -58,6 +58,37 @@ def local_normalise(image: np.ndarray, sigma: float) -> np.ndarray:
     return centred / (std + 0.05 * float(std.max()) + 1e-6)
 
 
+def flow_confidence(image: np.ndarray, radius: int) -> np.ndarray:
+    """How well the image determines local motion in *every* direction.
+
+    The smaller eigenvalue of the structure tensor summed over a ``(2·radius + 1)²`` window —
+    the quantity that decides whether a Lucas–Kanade system is solvable. It is ~0 in flat
+    regions (no information) and along straight edges (only the normal component is known:
+    the aperture problem), where a local solver returns arbitrary, often huge vectors.
+    """
+    grad_row, grad_col = np.gradient(image.astype(np.float32))
+    size = 2 * radius + 1
+    j_rr = ndi.uniform_filter(grad_row * grad_row, size)
+    j_cc = ndi.uniform_filter(grad_col * grad_col, size)
+    j_rc = ndi.uniform_filter(grad_row * grad_col, size)
+    smaller = 0.5 * (j_rr + j_cc - np.sqrt((j_rr - j_cc) ** 2 + 4.0 * j_rc**2))
+    return np.clip(smaller, 0.0, None)
+
+
+def regularise(
+    displacement: np.ndarray, confidence: np.ndarray, sigma: float, floor: float = 0.05
+) -> np.ndarray:
+    """Confidence-weighted Gaussian smoothing (normalised convolution) of a field.
+
+    Each vector counts in proportion to its confidence, so undetermined estimates are replaced
+    by their confident neighbours'. ``floor`` (a fraction of the mean confidence) is added to
+    the normaliser: far from any confident pixel the field fades to zero — the global
+    transform — instead of being extrapolated.
+    """
+    weight_sum = ndi.gaussian_filter(confidence, sigma) + floor * float(confidence.mean()) + 1e-12
+    return np.stack([ndi.gaussian_filter(d * confidence, sigma) / weight_sum for d in displacement])
+
+
 def warp_by_displacement(image: np.ndarray, displacement: np.ndarray) -> np.ndarray:
     """Sample ``image`` at ``p + displacement(p)`` (bilinear, edge values continued outside)."""
     rows, cols = np.meshgrid(np.arange(image.shape[0]), np.arange(image.shape[1]), indexing="ij")
@@ -119,17 +150,17 @@ def refine_flow(
         Preprocessed fixed image and the moving image already resampled onto its grid.
     fixed_mask, moving_mask_rigid : ndarray of bool, shape (h, w)
     method : {'ilk', 'tvl1', 'none'}
-        Iterative Lucas–Kanade (the default) solves a least-squares problem in a window
-        around every pixel, so the field it finds varies smoothly and reaches into uniform,
-        textureless areas from their edges — what a smooth tissue deformation looks like.
-        TV-L1 (total variation, L1 data term) allows discontinuities and is more robust to
-        structures present in one image only, but fills textureless regions with piecewise
-        constant motion. On the BIRL pairs ILK was as accurate on real tissue and clearly
-        better on the smooth synthetic deformation (see ``benchmarks/registration.py``).
+        Iterative Lucas–Kanade (the default) solves a small least-squares problem in a
+        window around every pixel; TV-L1 (total variation, L1 data term) couples all pixels
+        and is more robust to structures present in one image only. Both are made safe
+        where the image says nothing by the confidence-weighted regularisation. On the
+        BIRL pairs ILK was more accurate on the smooth synthetic deformation and on
+        rat-kidney, TV-L1 on lesions, and ILK is about twice as fast (see
+        ``benchmarks/registration.py``).
     normalise_sigma : float
         Window (px) of the local normalisation applied before the flow; 0 disables it.
     smoothing_sigma : float
-        Gaussian smoothing (px) of the field.
+        Gaussian smoothing (px) of the field, weighted by :func:`flow_confidence`.
     min_improvement : float
         NCC gain required to accept the field.
     overlap : ndarray of bool, optional
@@ -163,9 +194,8 @@ def refine_flow(
         moving_in = local_normalise(moving_in, normalise_sigma * factor)
     displacement = estimate_displacement(fixed_in, moving_in, method, **solver_options)
     if smoothing_sigma > 0:
-        displacement = np.stack(
-            [ndi.gaussian_filter(d, smoothing_sigma * factor) for d in displacement]
-        )
+        confidence = flow_confidence(fixed_in, solver_options.get("ilk_radius", 7))
+        displacement = regularise(displacement, confidence, smoothing_sigma * factor)
     if factor < 1.0:
         # back to the working grid, in working pixels (per-axis size ratio)
         ratios = [fixed.shape[0] / displacement.shape[1], fixed.shape[1] / displacement.shape[2]]
