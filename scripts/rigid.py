@@ -23,6 +23,7 @@ with stage_log(snakemake.log[0], "rigid", sample) as log:
         coarse_angle_step=settings["coarse_angle_step"],
         allow_mirror=settings["allow_mirror"],
         max_scale_change=settings["max_scale_change"],
+        local_contrast=settings["local_contrast"],
     )
     affine = to_full_resolution(
         result.fixed_to_moving, fixed["full_to_working"], moving["full_to_working"]

@@ -101,3 +101,27 @@ def test_partial_view_of_the_fixed_slide(ihc_rgb):
         apply_matrix(result.fixed_to_moving, points[inside]) - truth[inside], axis=1
     )
     assert np.median(error) < 1.0
+
+
+def test_refinement_ignores_regional_stain_density(ihc_small):
+    """A region stained 4× denser (and saturating) in the moving image only: plain NCC is
+    pulled off the true scale; local NCC (the default ``local_contrast``) is not."""
+    fixed = preprocess(ihc_small, "brightfield", "hematoxylin", True, 1.0)
+    shape = fixed.image.shape
+    warp = KnownWarp(angle_deg=-20.0, scale=1.05, shift=(5.0, -4.0))
+    moving = render_moving(fixed.image[np.newaxis].astype(np.float64), warp, shape, np.zeros(1))[0]
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    blob = np.exp(-(((rows - 100) / 60.0) ** 2 + ((cols - 146) / 73.0) ** 2))
+    moving = np.clip(moving * (1 + 3 * blob) + 0.4 * blob, 0, 1).astype(np.float32)
+    corners = np.array([[30, 30], [225, 30], [30, 225], [225, 225], [128, 128]], float)
+    truth = apply_matrix(warp.affine(shape, shape), corners)
+
+    def worst_error(local_contrast):
+        result = register_rigid(
+            fixed.image, moving, fixed.tissue_mask, moving > 0.05, local_contrast=local_contrast
+        )
+        return np.abs(apply_matrix(result.fixed_to_moving, corners) - truth).max()
+
+    local, plain = worst_error(0.016), worst_error(0.0)
+    assert local < 0.15
+    assert plain > 2 * local

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import registration, transform
 
-from .metrics import ncc
+from .metrics import local_normalise, ncc
 from .rigid import overlap_mask, warp_to_fixed
 from .transform import Transform
 
@@ -43,19 +43,6 @@ class FlowResult:
     ncc_rigid: float
     ncc_final: float
     reason: str
-
-
-def local_normalise(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Subtract the local mean and divide by the local standard deviation.
-
-    Makes brightness constancy — the optical-flow assumption — hold better between
-    modalities whose intensities relate only locally and roughly linearly.
-    """
-    image = image.astype(np.float32)
-    mean = ndi.gaussian_filter(image, sigma)
-    centred = image - mean
-    std = np.sqrt(ndi.gaussian_filter(centred * centred, sigma))
-    return centred / (std + 0.05 * float(std.max()) + 1e-6)
 
 
 def flow_confidence(image: np.ndarray, radius: int) -> np.ndarray:

@@ -3,6 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
+
+
+def local_normalise(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Subtract the local mean and divide by the local standard deviation (Gaussian window).
+
+    Two stains, or a stain and a fluorophore, relate only locally and roughly linearly: a
+    dense H&E lesion may be a light region of the IHC section. NCC of locally normalised
+    images (≈ local NCC) compares structure, not regional density, which would otherwise pull
+    a registration toward a wrong scale. The floor (5 % of the largest local deviation) keeps
+    flat background from being amplified into noise.
+    """
+    image = image.astype(np.float32)
+    mean = ndi.gaussian_filter(image, sigma)
+    centred = image - mean
+    std = np.sqrt(ndi.gaussian_filter(centred * centred, sigma))
+    return centred / (std + 0.05 * float(std.max()) + 1e-6)
 
 
 def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:

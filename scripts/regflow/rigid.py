@@ -24,7 +24,7 @@ from scipy import fft, optimize
 from scipy import ndimage as ndi
 from skimage import feature, transform
 
-from .metrics import ncc
+from .metrics import local_normalise, ncc
 
 _SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
@@ -328,10 +328,13 @@ def refine(
     smoothing: float = 1.0,
     max_evaluations: int = 400,
     max_samples: int = 10_000,
+    normalise_sigma: float = 0.0,
 ) -> tuple[np.ndarray, float]:
     """Local maximisation of NCC on a fixed region from ``fixed_to_moving`` (Powell's method).
 
-    The region is held fixed during the search so that the objective is smooth.
+    The region is held fixed during the search so that the objective is smooth. With
+    ``normalise_sigma`` (px) > 0 the images are locally normalised first
+    (:func:`regflow.metrics.local_normalise`), i.e. local NCC is maximised.
 
     Returns
     -------
@@ -341,6 +344,9 @@ def refine(
     """
     fixed_s = ndi.gaussian_filter(fixed, smoothing) if smoothing else fixed
     moving_s = ndi.gaussian_filter(moving, smoothing) if smoothing else moving
+    if normalise_sigma > 0:
+        fixed_s = local_normalise(fixed_s, normalise_sigma)
+        moving_s = local_normalise(moving_s, normalise_sigma)
     to_matrix, start = _parametrise(fixed_to_moving, model, _centre(fixed.shape))
     # Parameter units of about one pixel of motion at the image edge.
     radius = max(fixed.shape) / 2.0
@@ -426,6 +432,7 @@ def register_rigid(
     max_scale_change: float = 0.25,
     n_translation_peaks: int = 3,
     n_verified: int = 4,
+    local_contrast: float = 0.016,
 ) -> RigidResult:
     """Find ``fixed_to_moving`` between two preprocessed images.
 
@@ -453,6 +460,11 @@ def register_rigid(
         Phase-correlation peaks scored per rotation candidate.
     n_verified : int
         Best-scoring candidates refined at ``2 × search_size`` before one is chosen.
+    local_contrast : float
+        Window of the local contrast normalisation applied before the refinements, as a
+        fraction of the longest image side (so the same tissue scale at every level); 0
+        refines on plain intensities. Plain NCC across stains can prefer a wrong scale
+        (BIRL lesions: 11 % too large at 768 px); local NCC does not.
     """
     fixed = fixed.astype(np.float32)
     moving = moving.astype(np.float32)
@@ -502,6 +514,7 @@ def register_rigid(
             "similarity",
             max_evaluations=120,
             max_samples=5_000,
+            normalise_sigma=local_contrast * max(middle.fixed.shape),
         )
         score = middle.score(matrix)
         candidate["ncc"] = score
@@ -510,7 +523,15 @@ def register_rigid(
 
     start = fine.from_working(best_matrix)
     region = _union_region(fine.fixed_mask, fine.moving_mask, start)
-    matrix, _ = refine(fine.fixed, fine.moving, region, start, model, max_evaluations=400)
+    matrix, _ = refine(
+        fine.fixed,
+        fine.moving,
+        region,
+        start,
+        model,
+        max_evaluations=400,
+        normalise_sigma=local_contrast * max(fine.fixed.shape),
+    )
     matrix = fine.to_working(matrix)
     score = _masked_ncc(fixed, moving, fixed_mask, moving_mask, matrix)
     initial = _masked_ncc(fixed, moving, fixed_mask, moving_mask, np.eye(3))
