@@ -328,13 +328,10 @@ def refine(
     smoothing: float = 1.0,
     max_evaluations: int = 400,
     max_samples: int = 10_000,
-    normalise_sigma: float = 0.0,
 ) -> tuple[np.ndarray, float]:
     """Local maximisation of NCC on a fixed region from ``fixed_to_moving`` (Powell's method).
 
-    The region is held fixed during the search so that the objective is smooth. With
-    ``normalise_sigma`` (px) > 0 the images are locally normalised first
-    (:func:`regflow.metrics.local_normalise`), i.e. local NCC is maximised.
+    The region is held fixed during the search so that the objective is smooth.
 
     Returns
     -------
@@ -344,9 +341,6 @@ def refine(
     """
     fixed_s = ndi.gaussian_filter(fixed, smoothing) if smoothing else fixed
     moving_s = ndi.gaussian_filter(moving, smoothing) if smoothing else moving
-    if normalise_sigma > 0:
-        fixed_s = local_normalise(fixed_s, normalise_sigma)
-        moving_s = local_normalise(moving_s, normalise_sigma)
     to_matrix, start = _parametrise(fixed_to_moving, model, _centre(fixed.shape))
     # Parameter units of about one pixel of motion at the image edge.
     radius = max(fixed.shape) / 2.0
@@ -395,6 +389,15 @@ class _Level:
         self.moving = _downscale(moving, self.factor)
         self.fixed_mask = _downscale(fixed_mask.astype(np.float32), self.factor) > 0.5
         self.moving_mask = _downscale(moving_mask.astype(np.float32), self.factor) > 0.5
+
+    def contrast(self, fraction: float, smoothing: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """What the NCC refinements compare: the pair smoothed (``smoothing`` px) and locally
+        normalised with a window of ``fraction`` × the longest side (not for 0)."""
+        pair = [ndi.gaussian_filter(im, smoothing) for im in (self.fixed, self.moving)]
+        if fraction > 0:
+            sigma = fraction * max(self.fixed.shape)
+            pair = [local_normalise(im, sigma) for im in pair]
+        return pair[0], pair[1]
 
     def score(self, matrix: np.ndarray) -> float:
         """Mean of intensity NCC (on the masks) and tissue-mask overlap NCC.
@@ -503,18 +506,19 @@ def register_rigid(
 
     # Verify the best few by a quick similarity refinement one level finer.
     best_score, best_matrix = -np.inf, np.eye(3)
+    middle_fixed, middle_moving = middle.contrast(local_contrast)
     for candidate in candidates[:n_verified]:
         start = middle.from_working(candidate["matrix"])
         region = _union_region(middle.fixed_mask, middle.moving_mask, start)
-        matrix, score = refine(
-            middle.fixed,
-            middle.moving,
+        matrix, _ = refine(
+            middle_fixed,
+            middle_moving,
             region,
             start,
             "similarity",
+            smoothing=0.0,
             max_evaluations=120,
             max_samples=5_000,
-            normalise_sigma=local_contrast * max(middle.fixed.shape),
         )
         score = middle.score(matrix)
         candidate["ncc"] = score
@@ -523,14 +527,9 @@ def register_rigid(
 
     start = fine.from_working(best_matrix)
     region = _union_region(fine.fixed_mask, fine.moving_mask, start)
+    fine_fixed, fine_moving = fine.contrast(local_contrast)
     matrix, _ = refine(
-        fine.fixed,
-        fine.moving,
-        region,
-        start,
-        model,
-        max_evaluations=400,
-        normalise_sigma=local_contrast * max(fine.fixed.shape),
+        fine_fixed, fine_moving, region, start, model, smoothing=0.0, max_evaluations=400
     )
     matrix = fine.to_working(matrix)
     score = _masked_ncc(fixed, moving, fixed_mask, moving_mask, matrix)
