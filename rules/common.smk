@@ -42,8 +42,13 @@ def load_samples(path):
 
 samples = load_samples(config["samples"])
 # All problems at once (ids, files, headers, channels, landmarks), then the schema's defaults.
-_errors, _warnings = check_sample_sheet(samples, config["preprocess"]["max_pixels"])
-for _warning in _warnings:
+# Cluster job processes re-read the sheet: the files were checked before submission.
+_errors, _warnings = check_sample_sheet(
+    samples,
+    config["preprocess"]["max_pixels"],
+    check_files=workflow.is_main_process,
+)
+for _warning in _warnings if workflow.is_main_process else []:
     logger.warning(f"sample sheet {config['samples']}: {_warning}")
 if _errors:
     raise ValueError(

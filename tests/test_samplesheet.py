@@ -76,3 +76,18 @@ def test_all_problems_reported_at_once_naming_sample_and_column(tmp_path):
     assert "sample 'badchannel': column moving_channel" in text and "['DAPI', 'CD3']" in text
     assert "sample 'badlm': column fixed_landmarks" in text and "missing column" in text
     assert "sample '../evil': column sample: unsafe id" in text
+
+
+def test_job_processes_skip_file_checks_but_not_sheet_checks(tmp_path):
+    """What a cluster job re-reads: no file is opened (the submitter checked them), but the
+    sheet's own problems are still errors."""
+    sheet = pd.DataFrame(
+        [
+            {"sample": "a", "fixed": str(tmp_path / "gone.tif"), "moving": "x.tif"},
+            {"sample": "b", "fixed": "f.tif", "moving": "m.tif", "moving_modality": "xray"},
+        ]
+    )
+    errors, _ = check_sample_sheet(sheet, check_files=False)
+    assert len(errors) == 1 and "sample 'b': column moving_modality" in errors[0]
+    errors, _ = check_sample_sheet(sheet)
+    assert any("sample 'a': column fixed:" in e and "file not found" in e for e in errors)
