@@ -37,9 +37,9 @@ class RigidResult:
     ----------
     fixed_to_moving : ndarray, shape (3, 3)
     ncc : float
-        NCC on the tissue masks after alignment.
+        NCC on the tissue masks after alignment (at the refinement resolution).
     ncc_initial : float
-        NCC for the identity (images overlaid as they are).
+        NCC for the identity (images overlaid as they are), likewise.
     rotation_deg, scale : float
         Of the linear part (scale is the geometric mean of the axes for an affine).
     candidates : list of dict
@@ -266,10 +266,16 @@ def _translation_candidates(
     return matrices
 
 
-def _downscale(image: np.ndarray, factor: float) -> np.ndarray:
+def _level_shape(shape: tuple[int, ...], factor: float) -> tuple[int, ...]:
+    """Shape of an image resized by ``factor`` (never enlarged)."""
     if factor >= 1.0:
-        return image
-    shape = tuple(max(8, int(round(n * factor))) for n in image.shape)
+        return tuple(shape)
+    return tuple(max(8, int(round(n * factor))) for n in shape)
+
+
+def _resize_to(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if image.shape == tuple(shape):
+        return image.astype(np.float32)
     return transform.resize(
         image.astype(np.float32), shape, order=1, anti_aliasing=True, preserve_range=True
     ).astype(np.float32)
@@ -381,14 +387,23 @@ def _union_region(
 
 
 class _Level:
-    """The image pair resized so that its longest side is about ``size`` px."""
+    """The image pair resized so that its longest side is about ``size`` px.
 
-    def __init__(self, fixed, moving, fixed_mask, moving_mask, size: int):
+    Shapes always follow from the working images; the pixels may be resampled from a
+    ``finer`` level (anti-aliased for the remaining ratio), which is cheaper.
+    """
+
+    def __init__(self, fixed, moving, fixed_mask, moving_mask, size: int, finer=None):
         self.factor = min(1.0, size / max(*fixed.shape, *moving.shape))
-        self.fixed = _downscale(fixed, self.factor)
-        self.moving = _downscale(moving, self.factor)
-        self.fixed_mask = _downscale(fixed_mask.astype(np.float32), self.factor) > 0.5
-        self.moving_mask = _downscale(moving_mask.astype(np.float32), self.factor) > 0.5
+        fixed_shape = _level_shape(fixed.shape, self.factor)
+        moving_shape = _level_shape(moving.shape, self.factor)
+        if finer is not None and finer.factor >= self.factor:
+            fixed, moving = finer.fixed, finer.moving
+            fixed_mask, moving_mask = finer.fixed_mask, finer.moving_mask
+        self.fixed = _resize_to(fixed, fixed_shape)
+        self.moving = _resize_to(moving, moving_shape)
+        self.fixed_mask = _resize_to(fixed_mask, fixed_shape) > 0.5
+        self.moving_mask = _resize_to(moving_mask, moving_shape) > 0.5
 
     def contrast(self, fraction: float, smoothing: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """What the NCC refinements compare: the pair smoothed (``smoothing`` px) and locally
@@ -471,9 +486,9 @@ def register_rigid(
     """
     fixed = fixed.astype(np.float32)
     moving = moving.astype(np.float32)
-    coarse = _Level(fixed, moving, fixed_mask, moving_mask, search_size)
-    middle = _Level(fixed, moving, fixed_mask, moving_mask, 2 * search_size)
     fine = _Level(fixed, moving, fixed_mask, moving_mask, refine_size)
+    middle = _Level(fixed, moving, fixed_mask, moving_mask, 2 * search_size, finer=fine)
+    coarse = _Level(fixed, moving, fixed_mask, moving_mask, search_size, finer=middle)
     fixed_centre, moving_centre = _centre(coarse.fixed.shape), _centre(coarse.moving.shape)
 
     angle_fm, scale_fm = fourier_mellin(middle.fixed, middle.moving, max_scale_change)
@@ -532,8 +547,12 @@ def register_rigid(
         fine_fixed, fine_moving, region, start, model, smoothing=0.0, max_evaluations=400
     )
     matrix = fine.to_working(matrix)
-    score = _masked_ncc(fixed, moving, fixed_mask, moving_mask, matrix)
-    initial = _masked_ncc(fixed, moving, fixed_mask, moving_mask, np.eye(3))
+    score, initial = (
+        _masked_ncc(
+            fine.fixed, fine.moving, fine.fixed_mask, fine.moving_mask, fine.from_working(m)
+        )
+        for m in (matrix, np.eye(3))
+    )
     angle, scale, mirrored = _decompose(matrix)
     report = [
         {
