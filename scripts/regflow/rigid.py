@@ -331,22 +331,15 @@ def refine(
     region: np.ndarray,
     fixed_to_moving: np.ndarray,
     model: str = "similarity",
-    smoothing: float = 1.0,
     max_evaluations: int = 400,
     max_samples: int = 10_000,
-) -> tuple[np.ndarray, float]:
+) -> np.ndarray:
     """Local maximisation of NCC on a fixed region from ``fixed_to_moving`` (Powell's method).
 
-    The region is held fixed during the search so that the objective is smooth.
-
-    Returns
-    -------
-    fixed_to_moving : ndarray, shape (3, 3)
-    ncc : float
-        On the unsmoothed images.
+    ``fixed`` and ``moving`` are compared as given (the caller smooths and locally normalises
+    them, see ``_Level.contrast``). The region is held fixed during the search so that the
+    objective is smooth. Returns the refined ``fixed_to_moving``.
     """
-    fixed_s = ndi.gaussian_filter(fixed, smoothing) if smoothing else fixed
-    moving_s = ndi.gaussian_filter(moving, smoothing) if smoothing else moving
     to_matrix, start = _parametrise(fixed_to_moving, model, _centre(fixed.shape))
     # Parameter units of about one pixel of motion at the image edge.
     radius = max(fixed.shape) / 2.0
@@ -360,12 +353,12 @@ def refine(
     stride = max(1, rows.size // max_samples)
     rows, cols = rows[::stride], cols[::stride]
     points = np.stack([cols, rows, np.ones_like(rows)]).astype(np.float64)
-    fixed_values = fixed_s[rows, cols]
+    fixed_values = fixed[rows, cols]
 
     def cost(scaled: np.ndarray) -> float:
         moving_xy = to_matrix(scaled * units) @ points
         values = ndi.map_coordinates(
-            moving_s, moving_xy[1::-1], order=1, mode="constant", cval=0.0, prefilter=False
+            moving, moving_xy[1::-1], order=1, mode="constant", cval=0.0, prefilter=False
         )
         return -ncc(fixed_values, values)
 
@@ -375,8 +368,7 @@ def refine(
         method="Powell",
         options={"xtol": 0.05, "ftol": 1e-6, "maxfev": max_evaluations},
     )
-    best = to_matrix(result.x * units)
-    return best, ncc(fixed, warp_to_fixed(moving, best, fixed.shape), region)
+    return to_matrix(result.x * units)
 
 
 def _union_region(
@@ -525,13 +517,12 @@ def register_rigid(
     for candidate in candidates[:n_verified]:
         start = middle.from_working(candidate["matrix"])
         region = _union_region(middle.fixed_mask, middle.moving_mask, start)
-        matrix, _ = refine(
+        matrix = refine(
             middle_fixed,
             middle_moving,
             region,
             start,
             "similarity",
-            smoothing=0.0,
             max_evaluations=120,
             max_samples=5_000,
         )
@@ -543,9 +534,7 @@ def register_rigid(
     start = fine.from_working(best_matrix)
     region = _union_region(fine.fixed_mask, fine.moving_mask, start)
     fine_fixed, fine_moving = fine.contrast(local_contrast)
-    matrix, _ = refine(
-        fine_fixed, fine_moving, region, start, model, smoothing=0.0, max_evaluations=400
-    )
+    matrix = refine(fine_fixed, fine_moving, region, start, model, max_evaluations=400)
     matrix = fine.to_working(matrix)
     score, initial = (
         _masked_ncc(
