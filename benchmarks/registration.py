@@ -32,6 +32,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from _workflow import workflow_command  # noqa: E402  (benchmarks/ is sys.path[0])
 from regflow.example import (  # noqa: E402
     KnownWarp,
     fixed_landmarks,
@@ -279,24 +280,7 @@ def benchmark_workflow(pairs_csv: Path, workdir: Path) -> float:
     sheet.to_csv(workdir / "samples.tsv", sep="\t", index=False)
     (workdir / "config.yaml").write_text("samples: samples.tsv\noutdir: out\n")
     start = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(workdir / "config.yaml"),
-            "--cores",
-            "2",
-            "--forceall",
-            "--quiet",
-        ],
-        check=True,
-    )
+    subprocess.run(workflow_command(workdir), check=True)
     return time.perf_counter() - start
 
 

@@ -29,6 +29,7 @@ import tifffile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from _workflow import workflow_command  # noqa: E402  (benchmarks/ is sys.path[0])
 from regflow.example import fluorescence_from_brightfield  # noqa: E402
 from regflow.io import write_ome_tiff  # noqa: E402
 
@@ -123,23 +124,7 @@ def floor_seconds(path: str, tmp: Path) -> float:
 
 
 def run_workflow(workdir: Path) -> tuple[float, float]:
-    command = [
-        "/usr/bin/time",
-        "-v",
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        "--cores",
-        "2",
-        "--forceall",
-        "--quiet",
-    ]
+    command = ["/usr/bin/time", "-v", *workflow_command(workdir)]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
