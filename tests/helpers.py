@@ -8,6 +8,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# What every sample with landmarks gets in {outdir}/{sample}/.
+SAMPLE_OUTPUTS = (
+    "warped.ome.tif",
+    "transform.npz",
+    "metrics.json",
+    "qc.png",
+    "landmarks_warped.csv",
+)
 
 
 def snakemake_command(workdir: Path, *args: str, snakefile: Path | None = None) -> list[str]:

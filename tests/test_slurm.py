@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import make_cohort, snakemake_command
+from helpers import SAMPLE_OUTPUTS, make_cohort, snakemake_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,13 +41,7 @@ def test_example_cohort_on_slurm(tmp_path):
 
     sheet = pd.read_csv(tmp_path / "samples.tsv", sep="\t")
     for sample in sheet["sample"]:
-        for name in (
-            "warped.ome.tif",
-            "transform.npz",
-            "metrics.json",
-            "qc.png",
-            "landmarks_warped.csv",
-        ):
+        for name in SAMPLE_OUTPUTS:
             assert (tmp_path / "out" / sample / name).is_file(), f"{sample}/{name}"
     summary = pd.read_csv(tmp_path / "out" / "summary.tsv", sep="\t")
     assert set(summary["sample"]) == set(sheet["sample"])

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from helpers import make_cohort, planned_jobs, run_snakemake
+from helpers import SAMPLE_OUTPUTS, make_cohort, planned_jobs, run_snakemake
 from regflow.io import read_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,13 +29,7 @@ def test_outputs_follow_the_contract(cohort):
     out = cohort / "out"
     for row in sheet.itertuples():
         folder = out / row.sample
-        for name in (
-            "warped.ome.tif",
-            "transform.npz",
-            "metrics.json",
-            "qc.png",
-            "landmarks_warped.csv",
-        ):
+        for name in SAMPLE_OUTPUTS:
             assert (folder / name).is_file(), f"{row.sample}: {name} missing"
         with tifffile.TiffFile(folder / "warped.ome.tif") as tif:
             assert tif.is_ome and tif.pages[0].is_tiled
