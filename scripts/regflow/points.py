@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .transform import Transform
+from .transform import Transform, inside_image
 
 
 class PointsError(ValueError):
@@ -76,14 +76,7 @@ def map_points_table(
         mapped[valid] = transform.moving_to_fixed(points[valid])
     elif direction == "fixed_to_moving":
         result = transform.fixed_to_moving(points[valid])
-        height, width = transform.moving_shape
-        outside = (
-            (result[:, 0] < -0.5)
-            | (result[:, 0] > width - 0.5)
-            | (result[:, 1] < -0.5)
-            | (result[:, 1] > height - 0.5)
-        )
-        result[outside] = np.nan
+        result[~inside_image(result[:, 0], result[:, 1], transform.moving_shape)] = np.nan
         mapped[valid] = result
     else:
         raise ValueError(f"unknown direction {direction!r}")

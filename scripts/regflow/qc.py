@@ -16,7 +16,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
 from .metrics import ncc, nmi, target_registration_error, tre_summary  # noqa: E402
-from .transform import Transform, apply_matrix  # noqa: E402
+from .transform import Transform, apply_matrix, inside_image  # noqa: E402
 
 STAGES = ("initial", "rigid", "final")
 SUMMARY_COLUMNS = [
@@ -91,18 +91,13 @@ def similarity_by_stage(
         ``{stage: moving image on the fixed working grid}`` (for figures).
     """
     metrics, warped = {}, {}
-    height, width = moving.image.shape
     for stage, transform in transforms.items():
         coords = _moving_coordinates(fixed, moving, transform)
         image = _sample(moving.image, coords, fixed.image.shape)
         mask = _sample(moving.tissue_mask, coords, fixed.image.shape)
-        # Where the moving image has pixels (pixel edges included).
-        footprint = (
-            (coords[0] >= -0.5)
-            & (coords[0] <= height - 0.5)
-            & (coords[1] >= -0.5)
-            & (coords[1] <= width - 0.5)
-        ).reshape(fixed.image.shape)
+        # Where the moving image has pixels.
+        footprint = inside_image(coords[1], coords[0], moving.image.shape)
+        footprint = footprint.reshape(fixed.image.shape)
         # Tissue of either image, where both images have pixels.
         region = (fixed.tissue_mask | (mask > 0.5)) & footprint
         metrics[stage] = {

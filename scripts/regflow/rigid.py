@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 from skimage import feature, transform
 
 from .metrics import local_normalise, ncc
+from .transform import inside_image
 
 _SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
@@ -83,7 +84,7 @@ def overlap_mask(
     rows, cols = np.mgrid[: fixed_shape[0], : fixed_shape[1]]
     x = fixed_to_moving[0, 0] * cols + fixed_to_moving[0, 1] * rows + fixed_to_moving[0, 2]
     y = fixed_to_moving[1, 0] * cols + fixed_to_moving[1, 1] * rows + fixed_to_moving[1, 2]
-    return (x >= -0.5) & (x <= moving_shape[1] - 0.5) & (y >= -0.5) & (y <= moving_shape[0] - 0.5)
+    return inside_image(x, y, moving_shape)
 
 
 def similarity_matrix(

@@ -29,6 +29,16 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
+def inside_image(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Whether positions ``(x, y)`` (x = column) lie on an image of ``shape`` ``(…, Y, X)``.
+
+    Pixel centres are at integers, so the image spans ``-0.5 … n - 0.5`` on each axis (edges
+    included).
+    """
+    height, width = shape[-2], shape[-1]
+    return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
+
+
 def apply_matrix(matrix: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
     """Apply a homogeneous 3×3 matrix to ``(n, 2)`` points."""
     points_xy = np.asarray(points_xy, dtype=np.float64)
@@ -110,13 +120,7 @@ class Transform:
                 break
             fixed = fixed + (1.0 if step < 10 else 0.5) * residual
         error = np.linalg.norm(self.fixed_to_moving(best) - points_xy, axis=1)
-        height, width = self.fixed_shape
-        inside = (
-            (best[:, 0] >= -0.5)
-            & (best[:, 0] <= width - 0.5)
-            & (best[:, 1] >= -0.5)
-            & (best[:, 1] <= height - 0.5)
-        )
+        inside = inside_image(best[:, 0], best[:, 1], self.fixed_shape)
         best[(error > tolerance) | ~inside | ~np.isfinite(best).all(axis=1)] = np.nan
         return best
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage as ndi
 
-from .transform import Transform
+from .transform import Transform, inside_image
 
 
 def background_value(image: np.ndarray, modality: str) -> np.ndarray:
@@ -108,12 +108,7 @@ def warp_tile(
     local = coords - np.array([window[0].start, window[1].start], np.float64)[:, None, None]
     # Coordinates outside the whole image take the fill value; inside, the window holds every
     # neighbour the interpolation needs, so the result equals sampling the whole image.
-    outside = (
-        (coords[0] < -0.5)
-        | (coords[0] > source.shape[1] - 0.5)
-        | (coords[1] < -0.5)
-        | (coords[1] > source.shape[2] - 0.5)
-    )
+    outside = ~inside_image(coords[1], coords[0], source.shape)
     for channel in range(channels):
         values = ndi.map_coordinates(
             region[channel].astype(np.float32, copy=False),
