@@ -126,15 +126,18 @@ def mem_mb_preprocess(wildcards, attempt):
     return int((800 + 6 * largest) * attempt)
 
 
+def sample_outputs(sample):
+    """Every final output of one sample."""
+    names = ["warped.ome.tif", "transform.npz", "metrics.json", "qc.png"]
+    if has_landmarks(sample, "moving"):
+        names.append("landmarks_warped.csv")
+    return [f"{OUTDIR}/{sample}/{name}" for name in names]
+
+
 def all_outputs():
     outputs = [f"{OUTDIR}/summary.tsv", f"{OUTDIR}/summary.png"]
     for sample in samples.index:
-        outputs += [
-            f"{OUTDIR}/{sample}/{name}"
-            for name in ("warped.ome.tif", "transform.npz", "metrics.json", "qc.png")
-        ]
-        if has_landmarks(sample, "moving"):
-            outputs.append(f"{OUTDIR}/{sample}/landmarks_warped.csv")
+        outputs += sample_outputs(sample)
     return outputs
 
 
@@ -159,7 +162,8 @@ def qc_inputs(wildcards):
 
 
 def write_summary_after_failure():
-    """onerror: summary.tsv/png with every sample, failed ones with the reason from their log."""
+    """onerror: summary.tsv/png with every sample; a sample any of whose stages failed (its
+    outputs are incomplete, e.g. the warp failed after QC) is failed, with its log's reason."""
     import json
 
     from regflow.qc import cohort_table, failure_reason, write_summary
@@ -167,7 +171,8 @@ def write_summary_after_failure():
     results, failures = {}, {}
     for sample in samples.index:
         metrics = Path(OUTDIR, sample, "metrics.json")
-        results[sample] = json.loads(metrics.read_text()) if metrics.is_file() else None
+        complete = all(Path(p).is_file() for p in sample_outputs(sample))
+        results[sample] = json.loads(metrics.read_text()) if complete else None
         if results[sample] is None:
             logs = sorted(Path(OUTDIR, "logs").glob(f"*/{sample}.log"))
             reasons = [failure_reason(log.read_text(errors="replace")) for log in logs]

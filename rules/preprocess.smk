@@ -21,6 +21,6 @@ rule preprocess:
     params:
         section=config["preprocess"],
         row=sample_row,
-        code=library_hash("io", "preprocess", "runlog"),
+        code=library_hash("io", "formats", "preprocess", "runlog"),
     script:
         "../scripts/preprocess.py"

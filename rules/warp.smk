@@ -19,7 +19,7 @@ rule warp:
         runtime=60,
     params:
         section=config["warp"],
-        code=library_hash("io", "warp", "transform", "runlog"),
+        code=library_hash("io", "formats", "warp", "transform", "runlog"),
     script:
         "../scripts/warp.py"
 

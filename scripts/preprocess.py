@@ -2,7 +2,7 @@
 
 import time
 
-from regflow.io import read_info
+from regflow.formats import pixel_size_override, read_info, with_pixel_size
 from regflow.preprocess import pair_scales, preprocess_file
 from regflow.runlog import provenance, save_npz, stage_log, write_json
 
@@ -12,7 +12,13 @@ row = snakemake.params.row
 
 with stage_log(snakemake.log[0], "preprocess", sample) as log:
     start = time.perf_counter()
-    infos = {role: read_info(snakemake.input[role]) for role in ("fixed", "moving")}
+    # The sheet's pixel size, when given, overrides the file's own.
+    infos = {
+        role: with_pixel_size(
+            read_info(snakemake.input[role]), pixel_size_override(row.get(f"{role}_pixel_size_um"))
+        )
+        for role in ("fixed", "moving")
+    }
     for info in infos.values():
         if info.shape[0] * info.shape[1] > settings["max_pixels"]:
             raise ValueError(
@@ -42,14 +48,17 @@ with stage_log(snakemake.log[0], "preprocess", sample) as log:
             partner_modality=partner,
         )
         log.info(
-            "%s %s: %s, %d channel(s) %s, %s; channel %r; pyramid level %d; "
-            "working %s (scale %.4f)",
+            "%s %s: %s read by %s, %s, %d channel(s) %s, %s, pixel size %s µm; channel %r; "
+            "pyramid level %d; working %s (scale %.4f)",
             role,
             info.path,
+            info.format,
+            info.reader,
             modality,
             info.n_channels,
             info.channel_names,
             info.dtype,
+            info.pixel_size_um,
             channel,
             level,
             result.image.shape,
@@ -72,6 +81,8 @@ with stage_log(snakemake.log[0], "preprocess", sample) as log:
             "rgb": info.rgb,
             "shape": info.shape,
             "pixel_size_um": info.pixel_size_um,
+            "format": info.format,
+            "reader": info.reader,
             "pyramid_level": level,
             "working_scale": scales[role],
             "working_shape": result.image.shape,

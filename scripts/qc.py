@@ -69,6 +69,14 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         }
         | {"displacement_mean_relative": flow["displacement_mean_px"] / diagonal},
         "landmarks": landmarks,
+        # What was read: format, reader, full-resolution shape and pixel size of each image.
+        "images": {
+            role: {
+                k: preprocess_info[role].get(k)
+                for k in ("path", "format", "reader", "shape", "pixel_size_um", "channel_names")
+            }
+            for role in ("fixed", "moving")
+        },
         "seconds": {
             "preprocess": preprocess_info["seconds"],
             "rigid": rigid["seconds"],

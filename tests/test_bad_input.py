@@ -85,9 +85,16 @@ VALIDATION_CASES = {
     ),
     "missing file": (
         {"moving": "/nonexistent/slide.ome.tif"},
-        "column moving: /nonexistent/slide.ome.tif: file not found",
+        "file /nonexistent/slide.ome.tif (sample 'bad', column moving) not found",
     ),
-    "unreadable header": ("garbage", "column moving:"),
+    "unreadable header": ("garbage", "(sample 'bad', column moving) is truncated or corrupt"),
+    # A cut copy is reported as such, never as a channel problem of its damaged metadata.
+    "truncated OME-TIFF": ("TRUNCATED", "(sample 'bad', column moving) is truncated or corrupt"),
+    "text file named .svs": ("TEXT_SVS", "(sample 'bad', column moving) is not a supported image"),
+    "pixel size not a number": (
+        {"moving_pixel_size_um": "fast"},
+        "column moving_pixel_size_um: 'fast' is not a positive number",
+    ),
     "channel not in OME": (
         {"moving": "FLUO", "moving_modality": "fluorescence", "moving_channel": "CD8"},
         "available channel names: ['DAPI', 'DAB-marker']",
@@ -109,6 +116,14 @@ def test_validation_errors_name_sample_column_and_value(tmp_path, data, case):
     if values == "garbage":
         (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
         values = {"moving": str(tmp_path / "broken.tif")}
+    elif values == "TRUNCATED":
+        good = (data / "fluorescence_moving.ome.tif").read_bytes()
+        (tmp_path / "cut.ome.tif").write_bytes(good[: len(good) // 2])
+        values = {"moving": str(tmp_path / "cut.ome.tif"), "moving_channel": "DAPI",
+                  "moving_modality": "fluorescence"}  # fmt: skip
+    elif values == "TEXT_SVS":
+        (tmp_path / "slide.svs").write_text("sample\tfixed\nnot an image\n")
+        values = {"moving": str(tmp_path / "slide.svs")}
     values = {
         k: (str(data / "fluorescence_moving.ome.tif") if v == "FLUO" else v)
         for k, v in values.items()
@@ -124,6 +139,8 @@ def test_validation_errors_name_sample_column_and_value(tmp_path, data, case):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert message in output, output[-3000:]
+    if case == "truncated OME-TIFF":
+        assert "not found; available" not in output  # never a misleading channel error
     if name not in ("good",):
         assert f"sample {name!r}" in output
     assert not (tmp_path / "out").exists(), "no job may run when the sheet is invalid"
@@ -156,9 +173,15 @@ def faulty_cohort(tmp_path_factory, data):
     fixed = str(data / "ihc_fixed.ome.tif")
     rgb = np.moveaxis(tifffile.imread(fixed), -1, 0)  # (3, Y, X) uint8
 
-    # Truncated: the header is intact, the pixel data is cut.
-    good_tiff = (data / "ihc_rigid_moving.ome.tif").read_bytes()
-    (workdir / "truncated.ome.tif").write_bytes(good_tiff[: len(good_tiff) // 2])
+    # Corrupt: a complete pyramidal file whose smallest level decodes (so it passes the
+    # checks before any job) but one full-resolution tile is garbage: the warp fails.
+    big = np.kron(rgb, np.ones((1, 9, 9), np.uint8))  # 1152 px: two pyramid levels
+    write_ome_tiff(workdir / "corrupt.ome.tif", big, ["R", "G", "B"], rgb=True, tile=256)
+    with tifffile.TiffFile(workdir / "corrupt.ome.tif") as tif:
+        offset, count = tif.pages[0].dataoffsets[5], tif.pages[0].databytecounts[5]
+    damaged = bytearray((workdir / "corrupt.ome.tif").read_bytes())
+    damaged[offset : offset + count] = b"\x01" * count
+    (workdir / "corrupt.ome.tif").write_bytes(damaged)
     # Blank scan.
     write_ome_tiff(
         workdir / "blank.ome.tif", np.full((3, 128, 128), 240, np.uint8), ["R", "G", "B"], rgb=True
@@ -180,7 +203,14 @@ def faulty_cohort(tmp_path_factory, data):
     write_ome_tiff(workdir / "large_canvas.ome.tif", canvas, ["R", "G", "B"], rgb=True)
 
     rows = [
-        bad_row("truncated", data, moving=str(workdir / "truncated.ome.tif")),
+        # 9× finer pixels than the fixed image: registered at level 1, warped from level 0
+        bad_row(
+            "corrupt",
+            data,
+            moving=str(workdir / "corrupt.ome.tif"),
+            fixed_pixel_size_um="2.25",
+            moving_pixel_size_um="0.25",
+        ),  # fmt: skip
         bad_row("blank", data, moving=str(workdir / "blank.ome.tif")),
         bad_row(
             "nan_pixels",
@@ -211,21 +241,24 @@ def test_run_fails_overall_but_the_good_sample_completes(faulty_cohort):
 
 
 @pytest.mark.parametrize(
-    ("sample", "reason"),
-    [("truncated", "truncated or corrupt"), ("blank", "is blank (constant)")],
+    ("sample", "stage", "reason"),
+    [("corrupt", "warp", "truncated or corrupt"), ("blank", "preprocess", "is blank (constant)")],
 )
-def test_failing_sample_has_reason_and_no_partial_outputs(faulty_cohort, sample, reason):
+def test_failing_sample_has_reason_and_no_partial_outputs(faulty_cohort, sample, stage, reason):
     workdir, result = faulty_cohort
     summary = _summary(workdir)
     assert summary.loc[sample, "status"] == "failed"
     assert reason in summary.loc[sample, "reason"]
-    log = (workdir / "out" / "logs" / "preprocess" / f"{sample}.log").read_text()
-    assert f"FAILED sample={sample} stage=preprocess reason=" in log
+    log = (workdir / "out" / "logs" / stage / f"{sample}.log").read_text()
+    assert f"FAILED sample={sample} stage={stage} reason=" in log
     assert reason in result.stdout + result.stderr
-    leftovers = (
-        list((workdir / "out" / sample).glob("*")) if (workdir / "out" / sample).exists() else []
-    )
-    assert [p for p in leftovers if p.is_file() or any(p.iterdir())] == []
+    folder = workdir / "out" / sample
+    leftovers = list(folder.glob("*")) if folder.exists() else []
+    if stage == "preprocess":  # nothing at all
+        assert [p for p in leftovers if p.is_file() or any(p.iterdir())] == []
+    else:  # the completed earlier stages stay (a rerun resumes); no partial warp output
+        assert not (folder / "warped.ome.tif").exists()
+        assert list(folder.glob(".warped*")) == []
 
 
 @pytest.mark.parametrize("sample", ["nan_pixels", "rgba", "grayscale", "different_size"])
@@ -250,7 +283,7 @@ def test_different_size_recovers_the_offset(faulty_cohort):
 def test_rerun_after_fixing_completes_only_the_failed_sample(faulty_cohort, data):
     workdir, _ = faulty_cohort
     table = pd.read_csv(workdir / "samples.tsv", sep="\t")
-    table = table[~table["sample"].isin(["truncated"])]
+    table = table[~table["sample"].isin(["corrupt"])]
     table.loc[table["sample"] == "blank", "moving"] = str(data / "ihc_rigid_moving.ome.tif")
     table.to_csv(workdir / "fixed.tsv", sep="\t", index=False)
     result = run(workdir, "--config", "samples=fixed.tsv")

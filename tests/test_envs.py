@@ -18,10 +18,12 @@ def test_conda_env_agrees_with_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pip = dict(_split(r) for r in project["dependencies"])
     for env in (ROOT / "envs").glob("*.yaml"):
-        conda = dict(
-            _split(d) for d in yaml.safe_load(env.read_text())["dependencies"] if isinstance(d, str)
-        )
+        entries = yaml.safe_load(env.read_text())["dependencies"]
+        # conda packages, and the PyPI-only ones in the environment's pip section
+        pip_section = [p for d in entries if isinstance(d, dict) for p in d.get("pip", [])]
+        conda = dict(_split(d) for d in entries + pip_section if isinstance(d, str))
         conda.pop("python")
+        conda.pop("pip", None)
         assert conda, env
         for name, spec in conda.items():
             assert name in pip, f"{env.name}: {name} is not in pyproject.toml"

@@ -57,15 +57,15 @@ def test_png_and_jpeg(tmp_path, ihc_small):
 
 
 def test_unreadable_files_raise_clear_errors(tmp_path):
-    with pytest.raises(ImageReadError, match="file not found"):
+    with pytest.raises(ImageReadError, match="missing.tif not found"):
         read_info(tmp_path / "missing.tif")
     bad = tmp_path / "bad.tif"
-    bad.write_bytes(b"not a tiff at all")
-    with pytest.raises(ImageReadError, match="cannot read the image header"):
+    bad.write_bytes(b"II*\x00 a TIFF header and nothing else")
+    with pytest.raises(ImageReadError, match="is truncated or corrupt"):
         read_info(bad)
-    other = tmp_path / "x.bmp"
-    other.write_bytes(b"BM")
-    with pytest.raises(ImageReadError, match="unsupported file type"):
+    other = tmp_path / "x.tif"
+    other.write_bytes(b"BM not a tiff at all")
+    with pytest.raises(ImageReadError, match="is not a supported image; supported: TIFF"):
         read_info(other)
 
 

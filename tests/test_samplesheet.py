@@ -72,7 +72,7 @@ def test_all_problems_reported_at_once_naming_sample_and_column(tmp_path):
     errors, _ = check_sample_sheet(sheet)
     text = "\n".join(errors)
     assert "sample 'dup': column sample" in text
-    assert "sample 'missing': column fixed:" in text and "file not found" in text
+    assert "(sample 'missing', column fixed) not found" in text
     assert "sample 'badchannel': column moving_channel" in text and "['DAPI', 'CD3']" in text
     assert "sample 'badlm': column fixed_landmarks" in text and "missing column" in text
     assert "sample '../evil': column sample: unsafe id" in text
@@ -90,4 +90,4 @@ def test_job_processes_skip_file_checks_but_not_sheet_checks(tmp_path):
     errors, _ = check_sample_sheet(sheet, check_files=False)
     assert len(errors) == 1 and "sample 'b': column moving_modality" in errors[0]
     errors, _ = check_sample_sheet(sheet)
-    assert any("sample 'a': column fixed:" in e and "file not found" in e for e in errors)
+    assert any("(sample 'a', column fixed) not found" in e for e in errors)

@@ -270,3 +270,93 @@ def make_cohort(outdir: str | Path, size: int | None = None) -> pd.DataFrame:
             ),
         ]
     )
+
+
+def make_format_cohort(outdir: str | Path, size: int = 384) -> pd.DataFrame:
+    """Pairs in vendor formats with known warps and landmarks; return their sample sheet.
+
+    The fixed slide is an Aperio SVS "scanned at 40×" (0.25 µm, JPEG tiles, label and macro
+    pages) of the IHC scene at ``2 * size`` px. Moving images, ``size`` px at coarser pixel
+    sizes, each rotated and shifted: an SVS at 20× (0.5 µm, JPEG 2000 tiles), a QPTIFF
+    fluorescence image (DAPI + marker, 0.5 µm), a Zeiss CZI fluorescence image (0.65 µm) and a
+    generic LZW-tiled TIFF without a pixel size (the sheet gives it: 0.5 µm).
+    """
+    from .vendorfiles import write_czi, write_generic_tiff, write_qptiff, write_svs
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    base = np.moveaxis(data.immunohistochemistry(), -1, 0)
+    fine = 2 * size
+    resized = transform.resize(np.moveaxis(base, 0, -1), (fine, fine), anti_aliasing=True)
+    rgb = np.moveaxis(np.round(resized * 255), -1, 0).astype(np.uint8)
+    shape = rgb.shape[1:]
+    hematoxylin = np.clip(color.rgb2hed(np.moveaxis(rgb, 0, -1))[..., 0], 0, None)
+    landmarks = fixed_landmarks(hematoxylin, margin=max(8, fine // 16))
+    write_svs(outdir / "fixed_40x.svs", np.moveaxis(rgb, 0, -1), mpp=0.25, compression="jpeg")
+    _save_points(outdir / "fixed_40x_landmarks.csv", landmarks)
+    fluorescence = fluorescence_from_brightfield(rgb)
+
+    def moving(name, scene, fill, pixel_size, angle, write):
+        moving_shape = tuple(int(round(n * 0.25 / pixel_size)) for n in shape)
+        warp = KnownWarp(angle, 0.25 / pixel_size, (0.03 * size, -0.02 * size))
+        image = render_moving(scene, warp, moving_shape, fill)
+        dtype = np.uint8 if scene.dtype == np.uint8 else np.uint16
+        write(outdir / name, np.clip(np.round(image), 0, np.iinfo(dtype).max).astype(dtype))
+        points = map_landmarks(landmarks, warp, shape, moving_shape)
+        _save_points(outdir / f"{name.split('.')[0]}_landmarks.csv", points)
+
+    names = ["DAPI", "DAB-marker"]
+    moving(
+        "moving_20x.svs",
+        rgb,
+        np.full(3, 255.0),
+        0.5,
+        30.0,
+        lambda p, im: write_svs(p, np.moveaxis(im, 0, -1), 0.5, compression="jpeg2000"),
+    )
+    moving(
+        "moving.qptiff",
+        fluorescence,
+        np.full(2, 400.0),
+        0.5,
+        -35.0,
+        lambda p, im: write_qptiff(p, im, names, 0.5),
+    )
+    moving(
+        "moving.czi",
+        fluorescence,
+        np.full(2, 400.0),
+        0.65,
+        60.0,
+        lambda p, im: write_czi(p, im, names, 0.65),
+    )
+    moving("moving_lzw.tif", rgb, np.full(3, 255.0), 0.5, -20.0,
+           lambda p, im: write_generic_tiff(p, im, "lzw", 256, None))  # fmt: skip
+
+    def row(sample, moving, modality, channel, **extra):
+        return {
+            "sample": sample,
+            "fixed": str(outdir / "fixed_40x.svs"),
+            "moving": str(outdir / moving),
+            "fixed_modality": "brightfield",
+            "moving_modality": modality,
+            "fixed_channel": "hematoxylin",
+            "moving_channel": channel,
+            "fixed_landmarks": str(outdir / "fixed_40x_landmarks.csv"),
+            "moving_landmarks": str(outdir / f"{moving.split('.')[0]}_landmarks.csv"),
+        } | extra
+
+    return pd.DataFrame(
+        [
+            row("svs_20x", "moving_20x.svs", "brightfield", "hematoxylin"),
+            row("qptiff", "moving.qptiff", "fluorescence", "DAPI"),
+            row("czi", "moving.czi", "fluorescence", "DAPI"),
+            row(
+                "lzw_tiff",
+                "moving_lzw.tif",
+                "brightfield",
+                "hematoxylin",
+                moving_pixel_size_um="0.5",
+            ),  # fmt: skip
+        ]
+    )

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import flow
-from .io import read_info
+from .formats import read_info, with_pixel_size
 from .preprocess import Preprocessed, pair_scales, preprocess_file
 from .rigid import RigidResult, register_rigid, to_full_resolution
 from .transform import Transform
@@ -36,8 +36,11 @@ def register_files(
     preprocess: dict | None = None,
     rigid: dict | None = None,
     flow_options: dict | None = None,
+    fixed_pixel_size_um: float | None = None,
+    moving_pixel_size_um: float | None = None,
 ) -> Registration:
-    """Preprocess, align globally and refine one pair; options as in the config sections."""
+    """Preprocess, align globally and refine one pair; options as in the config sections
+    (pixel sizes override the files' own, as the sample sheet's columns do)."""
     preprocess = {"max_size": 1024, "pixel_size_um": None, "fluorescence_log": False} | (
         preprocess or {}
     )
@@ -45,7 +48,8 @@ def register_files(
     flow_options = dict(flow_options or {})
     seconds = {}
     start = time.perf_counter()
-    fixed_info, moving_info = read_info(fixed_path), read_info(moving_path)
+    fixed_info = with_pixel_size(read_info(fixed_path), fixed_pixel_size_um)
+    moving_info = with_pixel_size(read_info(moving_path), moving_pixel_size_um)
     fixed_scale, moving_scale = pair_scales(
         fixed_info, moving_info, preprocess["max_size"], preprocess["pixel_size_um"]
     )

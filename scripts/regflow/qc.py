@@ -323,6 +323,12 @@ def qc_figure(
             f"final TRE px: median {final['tre_median']:.2f}, max {final['tre_max']:.2f} "
             f"({final['n_landmarks']} landmarks, {final['n_unmapped']} unmapped)"
         )
+    for role, image in (metrics.get("images") or {}).items():
+        size = image.get("pixel_size_um")
+        lines.append(
+            f"{role}: {image.get('format') or '?'}, "
+            + (f"{size:.4g} µm/px" if size else "pixel size unknown")
+        )
     seconds = metrics.get("seconds", {})
     lines.append(
         "seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items() if v is not None)

@@ -11,7 +11,7 @@ import re
 
 import pandas as pd
 
-from .io import ImageReadError, read_info
+from .formats import ImageReadError, pixel_size_override, verify_image
 from .points import PointsError, read_points
 from .preprocess import MODALITIES, ChannelError, resolve_channel
 
@@ -27,6 +27,8 @@ COLUMNS = (
     "moving_channel",
     "fixed_landmarks",
     "moving_landmarks",
+    "fixed_pixel_size_um",
+    "moving_pixel_size_um",
 )
 
 
@@ -86,9 +88,17 @@ def check_sample_sheet(
             info = None
             if check_files:
                 try:
-                    info = read_info(path)
+                    # complete and decodable, not only a parsable header
+                    info = verify_image(path)
                 except ImageReadError as exc:
-                    errors.append(f"{where}: column {column}: {exc}")
+                    errors.append(exc.describe(sample, column))
+            size = row.get(f"{role}_pixel_size_um")
+            if not _blank(size) and pixel_size_override(size) is None:
+                errors.append(
+                    f"{where}: column {role}_pixel_size_um: {size!r} is not a positive number "
+                    "of micrometres per pixel (e.g. 0.25 for a 40× scan); leave it empty to "
+                    "use the file's own pixel size"
+                )
             modality = row.get(f"{role}_modality")
             modality = "brightfield" if _blank(modality) else str(modality)
             if modality not in MODALITIES:
