@@ -680,8 +680,8 @@ class OpenSlideSlide(Slide):
         try:
             import openslide
         except ImportError:
-            raise MissingReaderError(path, "needs OpenSlide, which is not installed",
-                                     "pip install openslide-python openslide-bin") from None  # fmt: skip
+            hint = "pip install openslide-python openslide-bin"
+            raise MissingReaderError(path, "needs OpenSlide (not installed)", hint) from None
         try:
             self._slide = openslide.OpenSlide(path)
         except Exception as exc:
