@@ -303,7 +303,7 @@ def make_format_cohort(outdir: str | Path, size: int = 384) -> pd.DataFrame:
         dtype = np.uint8 if scene.dtype == np.uint8 else np.uint16
         write(outdir / name, np.clip(np.round(image), 0, np.iinfo(dtype).max).astype(dtype))
         points = map_landmarks(landmarks, warp, shape, moving_shape)
-        _save_points(outdir / f"{name.split('.')[0]}_landmarks.csv", points)
+        _save_points(outdir / f"{name.replace('.', '_')}_landmarks.csv", points)
 
     names = ["DAPI", "DAB-marker"]
     moving(
@@ -343,7 +343,7 @@ def make_format_cohort(outdir: str | Path, size: int = 384) -> pd.DataFrame:
             "fixed_channel": "hematoxylin",
             "moving_channel": channel,
             "fixed_landmarks": str(outdir / "fixed_40x_landmarks.csv"),
-            "moving_landmarks": str(outdir / f"{moving.split('.')[0]}_landmarks.csv"),
+            "moving_landmarks": str(outdir / f"{moving.replace('.', '_')}_landmarks.csv"),
         } | extra
 
     return pd.DataFrame(

@@ -463,7 +463,7 @@ class TiffSlide(Slide):
             series = self._levels[level]
             data = series.asarray()
         except Exception as exc:
-            raise _corrupt(self.info.path, exc) from exc
+            raise _corrupt(self.info.path, exc, f"level {level} does not decode: ") from exc
         return _to_cyx(self.info.path, data, series.axes)
 
     def _segment(self, level: int, page_index: int, index: int) -> np.ndarray | None:
@@ -557,7 +557,7 @@ class CziSlide(Slide):
     """Zeiss CZI through pylibCZIrw.
 
     The main image is the largest scene (the whole image when the file has no scenes). CZI
-    pyramids are not a fixed list of pages: levels here are 2× steps down to ~1024 px, each
+    pyramids are not a fixed list of pages: levels here are 2× steps down to ~256 px, each
     read with pylibCZIrw's ``zoom``, which composes it from the file's pyramid subblocks.
     """
 
@@ -612,7 +612,7 @@ class CziSlide(Slide):
         except (KeyError, TypeError, StopIteration):
             pass
         levels = [(rect.h, rect.w)]
-        while max(levels[-1]) > 1024:
+        while max(levels[-1]) > 256:
             levels.append(tuple(max(1, -(-n // 2)) for n in levels[-1]))
         self._rgb, self._dtype = rgb, np.dtype(dtype)
         self.info = ImageInfo(
