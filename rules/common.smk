@@ -163,7 +163,8 @@ def qc_inputs(wildcards):
 
 def write_summary_after_failure():
     """onerror: summary.tsv/png with every sample; a sample any of whose stages failed (its
-    outputs are incomplete, e.g. the warp failed after QC) is failed, with its log's reason."""
+    outputs are incomplete, e.g. the warp failed after QC) is failed, with its log's reason.
+    """
     import json
 
     from regflow.qc import cohort_table, failure_reason, write_summary
