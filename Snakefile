@@ -1,6 +1,4 @@
 # regflow: register multimodal microscopy / histology image pairs across a cohort.
-import re
-
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -15,8 +13,11 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 
 
+# A registration id is a pair sheet's sample or an images sheet's case/image: one generic
+# pattern (an alternation of every id made planning quadratic in the cohort size).
 wildcard_constraints:
-    sample="|".join(map(re.escape, samples.index)),
+    sample=r"[A-Za-z0-9][A-Za-z0-9_.-]*(?:/[A-Za-z0-9][A-Za-z0-9_.-]*)?",
+    case=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 localrules:
@@ -29,6 +30,7 @@ include: "rules/rigid.smk"
 include: "rules/flow.smk"
 include: "rules/warp.smk"
 include: "rules/qc.smk"
+include: "rules/case.smk"
 
 
 onerror:

@@ -8,6 +8,14 @@ from snakemake.utils import validate
 
 # The rule scripts' library, also used here to check the sample sheet before any job runs.
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+from regflow.cases import (  # noqa: E402
+    SheetError,
+    case_images,
+    from_images,
+    is_reference,
+    from_pairs,
+    sheet_kind,
+)
 from regflow.samplesheet import check_sample_sheet  # noqa: E402
 
 validate(config, schema="../config/schemas/config.schema.yaml")
@@ -16,7 +24,8 @@ OUTDIR = config["outdir"].rstrip("/")
 LIBRARY = Path(workflow.basedir) / "scripts" / "regflow"
 
 
-def load_samples(path):
+def read_sheet(path):
+    """The sheet as strings (cells stripped, comments and blank lines skipped)."""
     if not Path(path).is_file():
         raise ValueError(
             f"sample sheet {path} not found; set `samples:` in the config or pass "
@@ -25,22 +34,34 @@ def load_samples(path):
     table = pd.read_csv(path, sep="\t", dtype=str, comment="#", skip_blank_lines=True)
     table.columns = [c.strip() for c in table.columns]
     table = table.apply(lambda column: column.str.strip())
-    if "sample" not in table.columns:
-        comma = len(table.columns) == 1 and "," in table.columns[0]
-        hint = (
-            "; the sheet must be tab-separated (TSV), not comma-separated"
-            if comma
-            else ""
-        )
+    comma = len(table.columns) == 1 and "," in table.columns[0]
+    if comma:
         raise ValueError(
-            f"sample sheet {path}: no column 'sample'; found {list(table.columns)}{hint}"
+            f"sample sheet {path}: one column {list(table.columns)}; the sheet must be "
+            "tab-separated (TSV), not comma-separated"
         )
     if table.empty:
         raise ValueError(f"sample sheet {path} has no rows; add one row per image pair")
     return table
 
 
-samples = load_samples(config["samples"])
+def load_registrations(path, chain):
+    """One row per registration (a pair sheet's rows, or an images sheet's non-reference
+    images; see regflow.cases), and the images sheet itself (None for a pair sheet)."""
+    table = read_sheet(path)
+    try:
+        kind = sheet_kind(table)
+        if kind == "pairs":
+            return from_pairs(table), None
+        return from_images(table, chain), table
+    except SheetError as error:
+        raise ValueError(
+            f"sample sheet {path} has {len(error.errors)} problem(s):\n  - "
+            + "\n  - ".join(error.errors)
+        ) from None
+
+
+samples, images_sheet = load_registrations(config["samples"], config["cases"]["chain"])
 # All problems at once (ids, files, headers, channels, landmarks), then the schema's defaults.
 # Cluster job processes re-read the sheet: the files were checked before submission.
 _errors, _warnings = check_sample_sheet(
@@ -55,8 +76,59 @@ if _errors:
         f"sample sheet {config['samples']} has {len(_errors)} problem(s):\n  - "
         + "\n  - ".join(_errors)
     )
-validate(samples, schema="../config/schemas/samples.schema.yaml")
+if images_sheet is None:
+    validate(samples, schema="../config/schemas/samples.schema.yaml")
+else:
+    validate(images_sheet, schema="../config/schemas/images.schema.yaml")
 samples = samples.set_index("sample", drop=False)
+
+
+def _cell(record, column, default=""):
+    value = record.get(column)
+    return default if value is None or pd.isna(value) or value == "" else value
+
+
+def case_summary(case, records):
+    """What the case-level rules need of one case of an images sheet."""
+    reference = next(r for r in records if is_reference(r))
+    others = [r for r in records if r is not reference]
+    folder = f"{OUTDIR}/{case}"
+    fluorescence = [r for r in records if _cell(r, "modality") == "fluorescence"]
+    return {
+        "reference": reference["image"],
+        "reference_path": reference["path"],
+        "reference_modality": _cell(reference, "modality", "brightfield"),
+        "reference_channel": _cell(reference, "channel"),
+        "reference_pixel_size_um": _cell(reference, "pixel_size_um"),
+        "images": [r["image"] for r in others],
+        "modalities": [_cell(r, "modality", "brightfield") for r in others],
+        "channels": [_cell(r, "channel") for r in others],
+        "warped": [f"{folder}/{r['image']}/warped.ome.tif" for r in others],
+        "metrics": [f"{folder}/{r['image']}/metrics.json" for r in others],
+        # a merge needs two fluorescence images (the reference counts when it is one)
+        "merge_images": (
+            [r["image"] for r in fluorescence] if len(fluorescence) > 1 else []
+        ),
+        "merge_paths": [
+            r["path"] if r is reference else f"{folder}/{r['image']}/warped.ome.tif"
+            for r in fluorescence
+        ],
+    }
+
+
+CASES = (
+    {}
+    if images_sheet is None
+    else {
+        case: case_summary(case, rows)
+        for case, rows in case_images(images_sheet).items()
+    }
+)
+
+
+def case_value(key):
+    """Input/params function: one value of a case (see case_summary)."""
+    return lambda wildcards: CASES[wildcards.case][key]
 
 
 def sample_value(column, default=""):
@@ -138,12 +210,27 @@ def all_outputs():
     outputs = [f"{OUTDIR}/summary.tsv", f"{OUTDIR}/summary.png"]
     for sample in samples.index:
         outputs += sample_outputs(sample)
+    for case, info in CASES.items():
+        outputs.append(f"{OUTDIR}/{case}/case_qc.png")
+        if info["merge_images"]:
+            outputs.append(f"{OUTDIR}/{case}/merged.ome.tif")
     return outputs
 
 
+def previous_transform(wildcards):
+    """Chain mode: the transform (reference → neighbour) this registration composes with."""
+    previous = samples.loc[wildcards.sample, "previous"]
+    if previous is None or pd.isna(previous) or previous == "":
+        return {}
+    return {"previous": rules.flow.output.transform.format(sample=previous)}
+
+
 def qc_inputs(wildcards):
+    # The reference at working resolution: this registration's fixed image, or in chain mode
+    # that of the chain's first registration (the one whose fixed image is the reference).
+    anchor = samples.loc[wildcards.sample, "anchor"]
     inputs = {
-        "fixed": rules.preprocess.output.fixed.format(sample=wildcards.sample),
+        "fixed": rules.preprocess.output.fixed.format(sample=anchor),
         "moving": rules.preprocess.output.moving.format(sample=wildcards.sample),
         "preprocess": rules.preprocess.output.info.format(sample=wildcards.sample),
         "rigid": rules.rigid.output[0].format(sample=wildcards.sample),

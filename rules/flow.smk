@@ -1,5 +1,7 @@
 rule flow:
     input:
+        # chain mode: the neighbour's transform to the reference, composed with this step
+        unpack(previous_transform),
         fixed=rules.preprocess.output.fixed,
         moving=rules.preprocess.output.moving,
         rigid=rules.rigid.output[0],

@@ -19,6 +19,8 @@ rule warp:
         runtime=60,
     params:
         section=config["warp"],
+        reference=sample_value("reference_path"),
+        reference_pixel_size=sample_value("reference_pixel_size_um"),
         code=library_hash("io", "formats", "warp", "transform", "runlog"),
     script:
         "../scripts/warp.py"

@@ -5,6 +5,7 @@ import time
 import numpy as np
 from regflow import flow
 from regflow.runlog import provenance, read_json, stage_log, write_json
+from regflow.transform import Transform, compose
 
 sample = snakemake.wildcards.sample
 settings = dict(snakemake.params.section)
@@ -38,6 +39,11 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
         fixed["full_shape"],
         moving["full_shape"],
     )
+    if hasattr(snakemake.input, "previous"):
+        # Chain mode: this step maps the neighbour onto this image; the neighbour's own
+        # transform maps the reference onto the neighbour. Their composition is saved.
+        transform = compose(Transform.load(snakemake.input.previous), transform)
+        log.info("composed with %s (reference → neighbour)", snakemake.input.previous)
     transform.save(snakemake.output.transform)
     magnitude = np.hypot(*transform.displacement)
     write_json(

@@ -5,6 +5,7 @@ the job's memory does not grow with the slide size.
 """
 
 import numpy as np
+from regflow.formats import pixel_size_override
 from regflow.io import RegionReader, read_image, read_info, write_ome_tiff_tiled
 from regflow.runlog import read_json, stage_log
 from regflow.transform import Transform
@@ -15,7 +16,7 @@ settings = snakemake.params.section
 
 with stage_log(snakemake.log[0], "warp", sample) as log:
     info = read_json(snakemake.input.info)
-    moving_info, fixed_info = info["moving"], info["fixed"]
+    moving_info = info["moving"]
     transform = Transform.load(snakemake.input.transform)
     header = read_info(snakemake.input.moving)
     with RegionReader(snakemake.input.moving, level=0) as source:
@@ -38,7 +39,12 @@ with stage_log(snakemake.log[0], "warp", sample) as log:
             order=settings["order"],
             threads=snakemake.threads,
         )
-        pixel_size = fixed_info["pixel_size_um"] or moving_info["pixel_size_um"]
+        # The output is on the reference's grid: its pixel size (the sheet's, else the file's).
+        pixel_size = (
+            pixel_size_override(snakemake.params.reference_pixel_size)
+            or read_info(snakemake.params.reference).pixel_size_um
+            or moving_info["pixel_size_um"]
+        )
         write_ome_tiff_tiled(
             snakemake.output[0],
             (n_channels, *transform.fixed_shape),

@@ -138,7 +138,7 @@ def test_bad_files_are_named_with_what_to_do(tmp_path, scene):
     cut.write_bytes(svs.read_bytes()[: svs.stat().st_size // 2])
     with pytest.raises(ImageReadError) as error:
         read_info(cut)
-    message = error.value.describe("s1", "moving")
+    message = error.value.describe("sample 's1', column moving")
     assert message.startswith(f"file {cut} (sample 's1', column moving) is truncated or corrupt")
     assert "end beyond the file" in message and "export the file again" in message
     text = tmp_path / "notes.svs"

@@ -360,3 +360,122 @@ def make_format_cohort(outdir: str | Path, size: int = 384) -> pd.DataFrame:
             ),  # fmt: skip
         ]
     )
+
+
+def _scene(size: int) -> np.ndarray:
+    """The IHC slide at ``size``² px, (3, Y, X) uint8."""
+    rgb = np.moveaxis(data.immunohistochemistry(), -1, 0)
+    if size != rgb.shape[1]:
+        resized = transform.resize(np.moveaxis(rgb, 0, -1), (size, size), anti_aliasing=True)
+        rgb = np.moveaxis(np.round(resized * 255), -1, 0).astype(np.uint8)
+    return rgb
+
+
+def make_round_case(
+    outdir: str | Path, case: str = "rounds", n_rounds: int = 4, size: int = 256
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """A cyclic-immunofluorescence case: ``n_rounds`` rounds of one section, DAPI + a marker
+    each, every round after the first rotated and shifted on the stage (a different rigid
+    placement and a slight elastic change per round). Round 1 is the reference.
+
+    Returns the images sheet and, per round, its channels in the reference frame (the truth
+    a merged stack must reproduce).
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    rgb = _scene(size)
+    hed = color.rgb2hed(np.moveaxis(rgb, 0, -1))
+    dapi = fluorescence_from_brightfield(rgb)[0]
+    hematoxylin = np.clip(hed[..., 0], 0, None)
+    landmarks = fixed_landmarks(hematoxylin, margin=max(8, size // 16))
+    rng = np.random.default_rng(7)
+    truth, rows = {}, []
+    for index in range(n_rounds):
+        image = f"r{index + 1}"
+        # a different marker per round: smooth random patterns modulated by the tissue
+        marker = ndi.gaussian_filter(rng.random(dapi.shape), 3.0)
+        marker = (marker - marker.min()) / (np.ptp(marker) + 1e-9)
+        marker = np.clip(400 + 20000 * marker * (dapi > np.percentile(dapi, 40)), 0, 65535)
+        channels = np.stack([dapi, marker]).astype(np.uint16)
+        truth[image] = channels
+        path = outdir / f"{case}_{image}.ome.tif"
+        points = landmarks
+        if index == 0:
+            write_ome_tiff(path, channels, ["DAPI", f"marker{index + 1}"], 0.5)
+        else:
+            warp = KnownWarp(
+                angle_deg=float(rng.uniform(-20, 20)),
+                scale=1.0,
+                shift=tuple(rng.uniform(-0.05, 0.05, 2) * size),
+                elastic_px=0.006 * size,
+                seed=index,
+            )
+            moving = render_moving(channels, warp, channels.shape[1:], np.full(2, 400.0))
+            write_ome_tiff(path, np.clip(np.round(moving), 0, 65535).astype(np.uint16),
+                           ["DAPI", f"marker{index + 1}"], 0.5)  # fmt: skip
+            points = map_landmarks(landmarks, warp, channels.shape[1:], channels.shape[1:])
+        _save_points(outdir / f"{case}_{image}_landmarks.csv", points)
+        rows.append(
+            {
+                "case": case,
+                "image": image,
+                "path": str(path),
+                "modality": "fluorescence",
+                "channel": "DAPI",
+                "landmarks": str(outdir / f"{case}_{image}_landmarks.csv"),
+                "reference": "true" if index == 0 else "false",
+                "order": index + 1,
+            }
+        )
+    return pd.DataFrame(rows), truth
+
+
+def make_serial_case(
+    outdir: str | Path,
+    case: str = "serial",
+    n_sections: int = 4,
+    size: int = 256,
+    step_elastic: float = 0.012,
+    step_angle: float = 4.0,
+) -> pd.DataFrame:
+    """Serial sections whose deformation accumulates: section k is section k−1 under a small
+    rotation, shift and elastic step, so far sections differ much more from the first (the
+    reference) than from their neighbours. Landmarks are carried through every step, so
+    each file holds the exact composition of the steps up to that section.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    section = _scene(size).astype(np.float64)
+    hematoxylin = np.clip(color.rgb2hed(np.moveaxis(_scene(size), 0, -1))[..., 0], 0, None)
+    points = fixed_landmarks(hematoxylin, margin=max(16, size // 8))
+    rows = []
+    shape = section.shape[1:]
+    for index in range(n_sections):
+        image = f"s{index + 1}"
+        if index:
+            warp = KnownWarp(
+                angle_deg=step_angle * (1 if index % 2 else -0.5),
+                scale=1.0 - 0.01 * index,
+                shift=(0.01 * size, -0.008 * size),
+                elastic_px=step_elastic * size,
+                seed=100 + index,
+            )
+            section = render_moving(section, warp, shape, np.full(3, 255.0))
+            points = map_landmarks(points, warp, shape, shape)
+        path = outdir / f"{case}_{image}.ome.tif"
+        pixels = np.clip(np.round(section), 0, 255).astype(np.uint8)
+        write_ome_tiff(path, pixels, ["R", "G", "B"], 0.5, rgb=True)
+        _save_points(outdir / f"{case}_{image}_landmarks.csv", points)
+        rows.append(
+            {
+                "case": case,
+                "image": image,
+                "path": str(path),
+                "modality": "brightfield",
+                "channel": "",
+                "landmarks": str(outdir / f"{case}_{image}_landmarks.csv"),
+                "reference": "true" if index == 0 else "false",
+                "order": index + 1,
+            }
+        )
+    return pd.DataFrame(rows)

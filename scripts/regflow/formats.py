@@ -65,12 +65,11 @@ class ImageReadError(ValueError):
         self.path, self.problem, self.hint = str(path), problem, hint
         super().__init__(self.describe())
 
-    def describe(self, sample: str | None = None, column: str | None = None) -> str:
-        """The message, naming the sample and sheet column that point at the file."""
-        where = ""
-        if sample is not None:
-            where = f" (sample {sample!r}" + (f", column {column})" if column else ")")
-        return f"file {self.path}{where} {self.problem}" + (f"; {self.hint}" if self.hint else "")
+    def describe(self, where: str | None = None) -> str:
+        """The message, naming where the sheet points at the file, e.g. ``where="sample
+        'S1', column moving"`` gives ``file <path> (sample 'S1', column moving) is …``."""
+        context = f" ({where})" if where else ""
+        return f"file {self.path}{context} {self.problem}" + (f"; {self.hint}" if self.hint else "")
 
 
 class MissingReaderError(ImageReadError):

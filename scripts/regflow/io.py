@@ -226,3 +226,29 @@ def write_ome_tiff_tiled(
         for store in stores:
             store.close()
         stem.unlink(missing_ok=True)
+
+
+def stacked_blocks(readers: Sequence, dtype, tile: int = 512):
+    """Blocks of several same-grid images' channels stacked, for a merged stream.
+
+    Parameters
+    ----------
+    readers : sequence of RegionReader-like
+        ``.shape == (C_i, Y, X)`` with one ``(Y, X)`` and ``.read(rows, cols)``.
+    dtype : numpy dtype of the stack (every source is cast to it).
+
+    Yields
+    ------
+    (row, col, ndarray)
+        Every ``tile × tile`` block of the grid, ``(ΣC_i, h, w)``: only one block of every
+        source is in memory at a time.
+    """
+    height, width = readers[0].shape[1:]
+    for reader in readers[1:]:
+        if tuple(reader.shape[1:]) != (height, width):
+            raise ValueError(f"grid {reader.shape[1:]} differs from {(height, width)}")
+    for row in range(0, height, tile):
+        for col in range(0, width, tile):
+            rows, cols = slice(row, min(row + tile, height)), slice(col, min(col + tile, width))
+            block = np.concatenate([r.read(rows, cols).astype(dtype, copy=False) for r in readers])
+            yield row // tile, col // tile, block

@@ -21,6 +21,8 @@ from .transform import Transform, apply_matrix, inside_image  # noqa: E402
 STAGES = ("initial", "rigid", "final")
 SUMMARY_COLUMNS = [
     "sample",
+    "case",
+    "image",
     "status",
     "ncc_initial",
     "ncc_rigid",
@@ -363,8 +365,11 @@ def summary_row(metrics: dict) -> dict:
     sim = metrics.get("similarity") or {}
     tre = metrics.get("landmarks") or {}
     rigid = metrics.get("rigid") or {}
+    case, _, image = str(metrics["sample"]).partition("/")
     row = {
         "sample": metrics["sample"],
+        "case": case if image else "",
+        "image": image,
         "status": metrics["status"],
         "reason": metrics.get("reason", ""),
     }
@@ -408,8 +413,17 @@ def outlier_flags(row: dict, deformation: float | None = None) -> list[str]:
     return flags
 
 
+def _summary_frame(rows: list[dict]) -> pd.DataFrame:
+    """summary.tsv's table: ``case`` and ``image`` only for an images sheet (a pair sheet's
+    summary keeps its columns: ``sample``, ``status``, …)."""
+    table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    if not (table["image"].fillna("") != "").any():
+        table = table.drop(columns=["case", "image"])
+    return table
+
+
 def summary_table(all_metrics: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([summary_row(m) for m in all_metrics], columns=SUMMARY_COLUMNS)
+    return _summary_frame([summary_row(m) for m in all_metrics])
 
 
 def summary_figure(path: str, table: pd.DataFrame) -> None:
@@ -487,4 +501,67 @@ def cohort_table(results: dict[str, dict | None], failures: dict[str, str | None
             )
             metrics = {"sample": sample, "status": "failed", "reason": reason}
         rows.append(summary_row(metrics))
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    return _summary_frame(rows)
+
+
+def case_figure(
+    path: str | os.PathLike,
+    case: str,
+    reference: tuple[str, np.ndarray],
+    images: list[tuple[str, np.ndarray, dict | None]],
+) -> None:
+    """One case on one page: every registered image over the reference, and a strip of
+    per-image median rTRE and final NCC.
+
+    Parameters
+    ----------
+    reference : (name, view)
+        The reference image as a 2-D signal-bright view in [0, 1].
+    images : list of (name, view, metrics)
+        Each registered image on the reference's grid (same shape as the reference view) and
+        its metrics.json (None if it failed).
+    """
+    name, ref_view = reference
+    n = len(images)
+    columns = min(4, n)
+    rows = -(-n // columns)
+    fig = plt.figure(figsize=(4 * columns, 4 * rows + 3), dpi=90, layout="constrained")
+    grid = fig.add_gridspec(rows + 1, columns, height_ratios=[4] * rows + [3])
+    for index, (image, view, metrics) in enumerate(images):
+        ax = fig.add_subplot(grid[index // columns, index % columns])
+        status = (metrics or {}).get("status", "failed")
+        rtre = ((metrics or {}).get("landmarks") or {}).get("final", {}) or {}
+        text = f"rTRE {rtre['rtre_median']:.4f}" if rtre.get("rtre_median") is not None else ""
+        if view is None:
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"{image}: failed", ha="center", transform=ax.transAxes)
+            continue
+        _show(ax, _composite(ref_view, view), f"{image} [{status}] {text}")
+    strip = fig.add_subplot(grid[rows, :])
+    labels = [image for image, _, _ in images]
+    x = np.arange(n)
+    rtre = [
+        (((m or {}).get("landmarks") or {}).get("final") or {}).get("rtre_median")
+        for _, _, m in images
+    ]
+    ncc_final = [
+        (((m or {}).get("similarity") or {}).get("final") or {}).get("ncc") for _, _, m in images
+    ]
+    values = np.array([np.nan if v is None else v for v in rtre], float)
+    strip.bar(x - 0.2, values, width=0.4, color="#4e79a7", label="median rTRE (final)")
+    strip.set_ylabel("median rTRE")
+    strip.set_xticks(x, labels, rotation=30 if n > 6 else 0)
+    twin = strip.twinx()
+    twin.plot(x, [np.nan if v is None else v for v in ncc_final], "D", color="#1a7f37",
+              label="NCC (final)")  # fmt: skip
+    twin.set_ylim(0, 1.05)
+    twin.set_ylabel("NCC on tissue")
+    if not np.isfinite(values).any():
+        strip.text(0.5, 0.5, "no landmarks in this case", ha="center", transform=strip.transAxes)
+    strip.legend(loc="upper left", fontsize=9)
+    twin.legend(loc="upper right", fontsize=9)
+    fig.suptitle(
+        f"case {case}: {n} image(s) over the reference {name} (magenta reference, green image)",
+        fontsize=13,
+    )
+    _save_figure(fig, path)

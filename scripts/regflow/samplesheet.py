@@ -11,25 +11,14 @@ import re
 
 import pandas as pd
 
-from .formats import ImageReadError, pixel_size_override, verify_image
+from .cases import MODEL_COLUMNS, PAIR_COLUMNS
+from .formats import ImageInfo, ImageReadError, pixel_size_override, verify_image
 from .points import PointsError, read_points
 from .preprocess import MODALITIES, ChannelError, resolve_channel
 
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ROLES = ("fixed", "moving")
-COLUMNS = (
-    "sample",
-    "fixed",
-    "moving",
-    "fixed_modality",
-    "moving_modality",
-    "fixed_channel",
-    "moving_channel",
-    "fixed_landmarks",
-    "moving_landmarks",
-    "fixed_pixel_size_um",
-    "moving_pixel_size_um",
-)
+COLUMNS = PAIR_COLUMNS
 
 
 def _blank(value) -> bool:
@@ -46,7 +35,9 @@ def check_sample_sheet(
     Parameters
     ----------
     samples : DataFrame
-        The sheet as read (strings; missing cells NaN), with a ``sample`` column.
+        Registrations (:mod:`regflow.cases`: a pair sheet as read, or an images sheet
+        converted), strings with missing cells NaN. Problems of a pair sheet name the sample
+        and column; those of an images sheet the case, image and images-sheet column.
     max_pixels : int, optional
         Largest accepted full-resolution image (rows × columns).
     check_files : bool
@@ -61,7 +52,7 @@ def check_sample_sheet(
     """
     errors: list[str] = []
     warnings: list[str] = []
-    unknown = [c for c in samples.columns if c not in COLUMNS]
+    unknown = [c for c in samples.columns if c not in COLUMNS + MODEL_COLUMNS]
     if unknown:
         errors.append(f"unknown column(s) {unknown}; the sample sheet takes {', '.join(COLUMNS)}")
     ids = samples["sample"].astype(str)
@@ -70,10 +61,25 @@ def check_sample_sheet(
             f"sample {duplicate!r}: column sample: the id appears more than once; "
             "ids must be unique"
         )
+    images_sheet = "image" in samples.columns and (samples["image"].fillna("") != "").any()
+    verified: dict[str, ImageInfo | ImageReadError] = {}  # a reference is checked once
     for _, row in samples.iterrows():
         sample = str(row["sample"])
         where = f"sample {sample!r}"
-        if not SAMPLE_ID.match(sample) or ".." in sample:
+        if images_sheet:  # ids were checked when the images sheet was converted
+            target = row.get("fixed_image") or row["reference_image"]
+            labels = {"fixed": f"case {row['case']!r}, image {target!r}",
+                      "moving": f"case {row['case']!r}, image {row['image']!r}"}  # fmt: skip
+        else:
+            labels = {"fixed": where, "moving": where}
+
+        def named(role, column, _labels=labels, sep=":"):
+            """``<where>: column <c>`` in the sheet's own terms (images sheet: ``channel``
+            for ``moving_channel``, ``path`` for ``moving``)."""
+            name = column if not images_sheet else (column.split("_", 1)[1:] or ["path"])[0]
+            return f"{_labels[role]}{sep} column {name}"
+
+        if not images_sheet and (not SAMPLE_ID.match(sample) or ".." in sample):
             errors.append(
                 f"{where}: column sample: unsafe id (ids become folder names); use letters, "
                 "digits, '_', '-' and '.', starting with a letter or digit, without '..'"
@@ -83,19 +89,24 @@ def check_sample_sheet(
             column = role
             path = row.get(column)
             if _blank(path):
-                errors.append(f"{where}: column {column}: empty; give the {role} image path")
+                errors.append(f"{named(role, column)}: empty; give the {role} image path")
                 continue
             info = None
             if check_files:
-                try:
-                    # complete and decodable, not only a parsable header
-                    info = verify_image(path)
-                except ImageReadError as exc:
-                    errors.append(exc.describe(sample, column))
+                # complete and decodable, not only a parsable header
+                if path not in verified:
+                    try:
+                        verified[path] = verify_image(path)
+                    except ImageReadError as exc:
+                        verified[path] = exc
+                info = verified[path]
+                if isinstance(info, ImageReadError):
+                    errors.append(info.describe(named(role, column, sep=",")))
+                    info = None
             size = row.get(f"{role}_pixel_size_um")
             if not _blank(size) and pixel_size_override(size) is None:
                 errors.append(
-                    f"{where}: column {role}_pixel_size_um: {size!r} is not a positive number "
+                    f"{named(role, f'{role}_pixel_size_um')}: {size!r} is not a positive number "
                     "of micrometres per pixel (e.g. 0.25 for a 40× scan); leave it empty to "
                     "use the file's own pixel size"
                 )
@@ -103,14 +114,14 @@ def check_sample_sheet(
             modality = "brightfield" if _blank(modality) else str(modality)
             if modality not in MODALITIES:
                 errors.append(
-                    f"{where}: column {role}_modality: unknown modality {modality!r}; use "
+                    f"{named(role, f'{role}_modality')}: unknown modality {modality!r}; use "
                     f"{' or '.join(MODALITIES)} (empty means brightfield)"
                 )
                 continue
             if info is not None:
                 if max_pixels and info.shape[0] * info.shape[1] > max_pixels:
                     errors.append(
-                        f"{where}: column {column}: {path} has {info.shape[0]}×{info.shape[1]} "
+                        f"{named(role, column)}: {path} has {info.shape[0]}×{info.shape[1]} "
                         f"pixels, more than preprocess.max_pixels={max_pixels}; raise the cap "
                         "or use a downsampled export"
                     )
@@ -119,21 +130,22 @@ def check_sample_sheet(
                         row.get(f"{role}_channel"), modality, info.channel_names, info.rgb
                     )
                 except ChannelError as exc:
-                    errors.append(f"{where}: column {role}_channel: {exc}")
+                    errors.append(f"{named(role, f'{role}_channel')}: {exc}")
             landmarks = row.get(f"{role}_landmarks")
             if check_files and not _blank(landmarks):
                 column = f"{role}_landmarks"
                 if not os.path.isfile(str(landmarks)):
-                    errors.append(f"{where}: column {column}: {landmarks}: file not found")
+                    errors.append(f"{named(role, column)}: {landmarks}: file not found")
                     continue
                 try:
                     landmark_counts[role] = len(read_points(landmarks))
                 except PointsError as exc:
-                    errors.append(f"{where}: column {column}: {exc}")
+                    errors.append(f"{named(role, column)}: {exc}")
         if len(landmark_counts) == 2 and landmark_counts["fixed"] != landmark_counts["moving"]:
             warnings.append(
                 f"{where}: fixed_landmarks has {landmark_counts['fixed']} rows and "
                 f"moving_landmarks {landmark_counts['moving']}; the first "
                 f"{min(landmark_counts.values())} rows are paired (ANHIR rule)"
             )
-    return errors, warnings
+    # An image shared by several registrations (a case's reference) is reported once.
+    return list(dict.fromkeys(errors)), list(dict.fromkeys(warnings))

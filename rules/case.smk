@@ -1,0 +1,60 @@
+# Case-level outputs of an images sheet: the merged fluorescence stack and the case QC figure.
+
+
+rule merge:
+    input:
+        images=case_value("merge_paths"),
+    output:
+        f"{OUTDIR}/{{case}}/merged.ome.tif",
+    log:
+        f"{OUTDIR}/logs/merge/{{case}}.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/merge/{{case}}.tsv"
+    conda:
+        "../envs/regflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=120,
+    params:
+        section=config["warp"],
+        images=case_value("merge_images"),
+        reference=case_value("reference"),
+        reference_pixel_size=case_value("reference_pixel_size_um"),
+        code=library_hash("io", "formats", "runlog"),
+    script:
+        "../scripts/merge.py"
+
+
+rule case_qc:
+    input:
+        reference=case_value("reference_path"),
+        warped=case_value("warped"),
+        metrics=case_value("metrics"),
+    output:
+        report(
+            f"{OUTDIR}/{{case}}/case_qc.png",
+            caption="../report/case_qc.rst",
+            category="Cases",
+            labels={"case": "{case}"},
+        ),
+    log:
+        f"{OUTDIR}/logs/case_qc/{{case}}.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/case_qc/{{case}}.tsv"
+    conda:
+        "../envs/regflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=15,
+    params:
+        images=case_value("images"),
+        modalities=case_value("modalities"),
+        channels=case_value("channels"),
+        reference=case_value("reference"),
+        reference_modality=case_value("reference_modality"),
+        reference_channel=case_value("reference_channel"),
+        code=library_hash("qc", "formats", "preprocess", "runlog"),
+    script:
+        "../scripts/case_qc.py"

@@ -1,0 +1,231 @@
+"""One data model for pair sheets and image sheets: a case is a set of images of one tissue
+with one reference; each non-reference image is one *registration*.
+
+Two sheet layouts are accepted and converted here, in one place, to one table of
+registrations (one row per moving image, the columns of the pair sheet):
+
+- the **pair sheet**, one row per pair (``sample, fixed, moving, fixed_*, moving_*``): a pair
+  is a case of two images whose reference is ``fixed``; its registration id is ``sample``;
+- the **images sheet**, one row per image (``case, image, path, modality, channel,
+  landmarks, pixel_size_um, reference, order``): the registration id is ``case/image``.
+
+In *direct* mode every image is registered onto the reference. In *chain* mode images are
+sorted by ``order`` and each is registered onto its neighbour one step nearer the reference;
+``previous`` then names the registration whose transform (to the reference) is composed with
+this one, and ``anchor`` the registration of the chain that starts at the reference (its
+preprocessed fixed image is the reference at working resolution). The registration's
+``fixed_landmarks`` are always the reference's, so errors are measured in the reference frame.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+PAIR_COLUMNS = (
+    "sample",
+    "fixed",
+    "moving",
+    "fixed_modality",
+    "moving_modality",
+    "fixed_channel",
+    "moving_channel",
+    "fixed_landmarks",
+    "moving_landmarks",
+    "fixed_pixel_size_um",
+    "moving_pixel_size_um",
+)
+# images-sheet column → pair-sheet column suffix (fixed_* from the reference, moving_* here)
+IMAGE_COLUMNS = {
+    "path": "",
+    "modality": "_modality",
+    "channel": "_channel",
+    "landmarks": "_landmarks",
+    "pixel_size_um": "_pixel_size_um",
+}
+IMAGES_SHEET_COLUMNS = ("case", "image", *IMAGE_COLUMNS, "reference", "order")
+# Added to every registration row (derived, not user columns).
+MODEL_COLUMNS = (
+    "case", "image", "fixed_image", "reference_image", "reference_path",
+    "reference_pixel_size_um", "previous", "anchor", "position",
+)  # fmt: skip
+TRUE = ("true", "yes", "1", "y", "t")
+FALSE = ("false", "no", "0", "n", "f", "")
+
+
+class SheetError(ValueError):
+    """The sheet cannot be turned into registrations; ``errors`` lists every problem."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value)) or str(value) == ""
+
+
+def sheet_kind(table: pd.DataFrame) -> str:
+    """``pairs`` or ``images`` from the sheet's columns (raises with what was found)."""
+    columns = set(table.columns)
+    if {"case", "image", "path"} <= columns:
+        return "images"
+    if "sample" in columns:
+        return "pairs"
+    raise SheetError(
+        [
+            "no column 'sample' (pair sheet) nor 'case', 'image' and 'path' (images sheet); "
+            f"found {list(table.columns)}"
+        ]
+    )
+
+
+def from_pairs(table: pd.DataFrame) -> pd.DataFrame:
+    """Registrations of a pair sheet: the sheet itself plus the model's columns."""
+    out = table.copy()
+    out["case"] = out["sample"]
+    out["image"] = ""
+    out["fixed_image"] = ""
+    out["reference_image"] = ""
+    out["reference_path"] = out["fixed"]
+    out["reference_pixel_size_um"] = out.get("fixed_pixel_size_um", "")
+    out["previous"] = ""
+    out["anchor"] = out["sample"]
+    out["position"] = 1
+    return out
+
+
+def from_images(table: pd.DataFrame, chain: bool = False) -> pd.DataFrame:
+    """Registrations of an images sheet (every problem at once in a :class:`SheetError`).
+
+    Each non-reference image becomes one row with ``sample = "<case>/<image>"``, its own
+    values as ``moving*`` and its target's (the reference, or in chain mode its neighbour) as
+    ``fixed*``; ``fixed_landmarks`` are the reference's.
+    """
+    errors = []
+    unknown = [c for c in table.columns if c not in IMAGES_SHEET_COLUMNS]
+    if unknown:
+        errors.append(
+            f"unknown column(s) {unknown}; the images sheet takes {', '.join(IMAGES_SHEET_COLUMNS)}"
+        )
+    rows = []
+    for case, images in table.groupby("case", sort=False):
+        where = f"case {case!r}"
+        if not ID.match(str(case)) or ".." in str(case):
+            errors.append(
+                f"{where}: column case: unsafe id (it becomes a folder name); use letters, "
+                "digits, '_', '-' and '.', starting with a letter or digit"
+            )
+        ids = images["image"].astype(str)
+        for duplicate in sorted(set(ids[ids.duplicated()])):
+            errors.append(f"{where}, image {duplicate!r}: column image: appears more than once "
+                          "in the case; image ids must be unique within a case")  # fmt: skip
+        for image in ids:
+            if not ID.match(image) or ".." in image:
+                errors.append(f"{where}, image {image!r}: column image: unsafe id (it becomes "
+                              "a folder name); use letters, digits, '_', '-' and '.'")  # fmt: skip
+        flags = images["reference"] if "reference" in images else pd.Series("", images.index)
+        flags = flags.fillna("").astype(str).str.strip().str.lower()
+        for image, flag in zip(ids, flags, strict=True):
+            if flag not in TRUE + FALSE:
+                errors.append(f"{where}, image {image!r}: column reference: {flag!r} is not "
+                              "true or false")  # fmt: skip
+        is_reference = flags.isin(TRUE).to_numpy()
+        if is_reference.sum() != 1:
+            marked = list(ids[is_reference])
+            errors.append(
+                f"{where}: column reference: {len(marked)} images marked as reference "
+                f"{marked}; mark exactly one image per case 'true'"
+            )
+            continue
+        if len(images) < 2:
+            errors.append(f"{where}: only the reference; a case needs at least one image to "
+                          "register onto it")  # fmt: skip
+            continue
+        order = images["order"] if "order" in images else pd.Series("", images.index)
+        positions = []
+        for image, value in zip(ids, order, strict=True):
+            if _blank(value):
+                positions.append(None)
+                continue
+            try:
+                positions.append(int(str(value).strip()))
+            except ValueError:
+                errors.append(f"{where}, image {image!r}: column order: {value!r} is not an "
+                              "integer (section order along the block)")  # fmt: skip
+                positions.append(None)
+        if chain:
+            missing = [i for i, p in zip(ids, positions, strict=True) if p is None]
+            if missing:
+                errors.append(f"{where}: column order: chain mode (cases.chain) needs the "
+                              f"section order of every image; missing for {missing}")  # fmt: skip
+                continue
+            known = [p for p in positions if p is not None]
+            if len(set(known)) != len(known):
+                errors.append(f"{where}: column order: repeated values {sorted(known)}; each "
+                              "section needs its own position in chain mode")  # fmt: skip
+                continue
+        records = images.to_dict("records")
+        reference = records[int(is_reference.argmax())]
+        rows += _case_registrations(str(case), records, reference, positions, chain)
+    if errors:
+        raise SheetError(errors)
+    return pd.DataFrame(rows)
+
+
+def _case_registrations(case, records, reference, positions, chain) -> list[dict]:
+    def values(record, role):
+        return {f"{role}{suffix}": record.get(column) for column, suffix in IMAGE_COLUMNS.items()}
+
+    def rid(record):
+        return f"{case}/{record['image']}"
+
+    reference_id = str(reference["image"])
+    others = [r for r in records if r is not reference]
+    targets, previous, anchor, depth = {}, {}, {}, {}
+    if chain:
+        ordered = sorted(zip(positions, records, strict=True), key=lambda item: item[0])
+        ordered = [record for _, record in ordered]
+        r = next(i for i, rec in enumerate(ordered) if rec is reference)
+        for i, record in enumerate(ordered):
+            if i == r:
+                continue
+            step = -1 if i > r else 1
+            neighbour = ordered[i + step]
+            targets[id(record)] = neighbour
+            previous[id(record)] = "" if neighbour is reference else rid(neighbour)
+            first = ordered[r - step]  # the chain's first section after the reference
+            anchor[id(record)] = rid(first)
+            depth[id(record)] = abs(i - r)
+    rows = []
+    for record in others:
+        target = targets.get(id(record), reference)
+        row = {"sample": rid(record)}
+        row |= values(target, "fixed") | values(record, "moving")
+        row["fixed_landmarks"] = reference.get("landmarks")
+        row |= {
+            "case": case,
+            "image": str(record["image"]),
+            "fixed_image": str(target["image"]),
+            "reference_image": reference_id,
+            "reference_path": reference.get("path"),
+            "reference_pixel_size_um": reference.get("pixel_size_um"),
+            "previous": previous.get(id(record), ""),
+            "anchor": anchor.get(id(record), rid(record)),
+            "position": depth.get(id(record), 1),
+        }
+        rows.append(row)
+    return rows
+
+
+def case_images(table: pd.DataFrame) -> dict[str, list[dict]]:
+    """Images sheet → ``{case: [row, …]}`` in sheet order (the reference included)."""
+    return {
+        str(case): group.to_dict("records") for case, group in table.groupby("case", sort=False)
+    }
+
+
+def is_reference(record: dict) -> bool:
+    return str(record.get("reference", "")).strip().lower() in TRUE
