@@ -395,7 +395,8 @@ def make_round_case(
         # a different marker per round: smooth random patterns modulated by the tissue
         marker = ndi.gaussian_filter(rng.random(dapi.shape), 3.0)
         marker = (marker - marker.min()) / (np.ptp(marker) + 1e-9)
-        marker = np.clip(400 + 20000 * marker * (dapi > np.percentile(dapi, 40)), 0, 65535)
+        tissue = ndi.gaussian_filter((dapi > np.percentile(dapi, 40)).astype(float), 1.5)
+        marker = np.clip(400 + 20000 * marker * tissue, 0, 65535)
         channels = np.stack([dapi, marker]).astype(np.uint16)
         truth[image] = channels
         path = outdir / f"{case}_{image}.ome.tif"

@@ -1,0 +1,227 @@
+"""Cases: many images of one tissue onto one reference, directly or along a chain."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from helpers import planned_jobs, run_snakemake
+from regflow.cases import SheetError, from_images, from_pairs
+from regflow.example import make_round_case, make_serial_case
+from regflow.transform import Transform, compose
+
+
+def _sheet(rows):
+    return pd.DataFrame(rows, dtype=str)
+
+
+def _image(case, image, reference="false", order="", **extra):
+    return {"case": case, "image": image, "path": f"{image}.tif", "reference": reference,
+            "order": order} | extra  # fmt: skip
+
+
+def test_images_sheet_problems_name_case_image_and_column():
+    sheet = _sheet(
+        [
+            _image("c1", "a", "true"),
+            _image("c1", "b", "true"),  # two references
+            _image("c2", "x"),  # none
+            _image("c2", "y"),
+            _image("c3", "he", "true"),
+            _image("c3", "he"),  # duplicate id
+            _image("c4", "../up", "true"),
+            _image("c4", "ok", reference="maybe"),
+        ]
+    )
+    with pytest.raises(SheetError) as error:
+        from_images(sheet)
+    text = "\n".join(error.value.errors)
+    assert "case 'c1': column reference: 2 images marked as reference ['a', 'b']" in text
+    assert "case 'c2': column reference: 0 images marked" in text
+    assert "case 'c3', image 'he': column image: appears more than once" in text
+    assert "case 'c4', image '../up': column image: unsafe id" in text
+    assert "case 'c4', image 'ok': column reference: 'maybe' is not true or false" in text
+
+
+def test_chain_mode_needs_an_order_and_links_each_image_to_its_neighbour():
+    sheet = _sheet([_image("c", "s1", order="1"), _image("c", "s2"),
+                    _image("c", "s3", "true", order="3")])  # fmt: skip
+    with pytest.raises(SheetError, match=r"chain mode \(cases.chain\) needs .* \['s2'\]"):
+        from_images(sheet, chain=True)
+    # the reference in the middle: both directions walk toward it
+    sheet = _sheet([_image("c", f"s{i}", "true" if i == 3 else "false", order=str(i))
+                    for i in (5, 1, 2, 3, 4)])  # fmt: skip
+    chain = from_images(sheet, chain=True).set_index("image")
+    assert chain.loc["s2", "fixed"] == "s3.tif" and chain.loc["s2", "previous"] == ""
+    assert chain.loc["s1", "fixed"] == "s2.tif" and chain.loc["s1", "previous"] == "c/s2"
+    assert chain.loc["s5", "fixed"] == "s4.tif" and chain.loc["s5", "previous"] == "c/s4"
+    assert chain.loc["s5", "anchor"] == "c/s4" and chain.loc["s1", "anchor"] == "c/s2"
+    assert set(chain["fixed_landmarks"].fillna("")) == {""}  # always the reference's
+    direct = from_images(sheet).set_index("image")
+    assert (direct["fixed"] == "s3.tif").all() and (direct["previous"] == "").all()
+    assert list(direct.index) == ["s5", "s1", "s2", "s4"]  # sheet order
+    assert list(direct["sample"]) == ["c/s5", "c/s1", "c/s2", "c/s4"]
+
+
+def test_a_pair_is_a_case_of_two_images():
+    pairs = _sheet([{"sample": "p1", "fixed": "f.tif", "moving": "m.tif"}])
+    model = from_pairs(pairs).iloc[0]
+    assert model["sample"] == "p1" and model["case"] == "p1"
+    assert model["reference_path"] == "f.tif" and model["anchor"] == "p1"
+    assert model["previous"] == ""
+
+
+def _random_transform(rng, shape, amplitude):
+    angle = rng.uniform(-0.3, 0.3)
+    affine = np.array([[np.cos(angle), -np.sin(angle), rng.uniform(-20, 20)],
+                       [np.sin(angle), np.cos(angle), rng.uniform(-20, 20)], [0, 0, 1]])  # fmt: skip
+    grid = (40, 50)
+    field = np.stack([np.outer(np.sin(np.linspace(0, 3, grid[0])),
+                               np.cos(np.linspace(0, 2, grid[1]))) * amplitude] * 2)  # fmt: skip
+    sy, sx = grid[0] / shape[0], grid[1] / shape[1]
+    to_grid = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+    return Transform(affine, field.astype(np.float32), to_grid, shape, shape)
+
+
+def test_composition_equals_applying_one_after_the_other():
+    rng = np.random.default_rng(3)
+    shape = (400, 500)
+    first, second = _random_transform(rng, shape, 6.0), _random_transform(rng, shape, 4.0)
+    composed = compose(first, second)
+    points = rng.uniform(20, 380, (200, 2))
+    expected = second.fixed_to_moving(first.fixed_to_moving(points))
+    # exact at the grid nodes, bilinear between them: well under a pixel for smooth fields
+    assert np.abs(composed.fixed_to_moving(points) - expected).max() < 0.2
+    # purely global parts compose exactly
+    a = Transform.from_affine(first.affine, shape, shape)
+    b = Transform.from_affine(second.affine, shape, shape)
+    np.testing.assert_allclose(
+        compose(a, b).fixed_to_moving(points), b.fixed_to_moving(a.fixed_to_moving(points))
+    )
+    # a global first step followed by a deformable one keeps the deformation
+    mixed = compose(a, second)
+    assert mixed.has_displacement
+    expected = second.fixed_to_moving(a.fixed_to_moving(points))
+    assert np.abs(mixed.fixed_to_moving(points) - expected).max() < 0.2
+
+
+# ---- the workflow on generated cases ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    """A 4-round fluorescence case and a 4-section serial case; direct and chain runs."""
+    workdir = tmp_path_factory.mktemp("cases")
+    rounds, truth = make_round_case(workdir / "data", size=256)
+    serial = make_serial_case(workdir / "data", size=256)
+    pd.concat([rounds, serial]).to_csv(workdir / "images.tsv", sep="\t", index=False)
+    (workdir / "config.yaml").write_text("samples: images.tsv\noutdir: out\n")
+    run_snakemake(workdir, "--cores", "2")
+    return workdir, truth
+
+
+def _errors_px(reference_csv, mapped_csv):
+    fixed = pd.read_csv(reference_csv)[["X", "Y"]].to_numpy()
+    mapped = pd.read_csv(mapped_csv)[["X", "Y"]].to_numpy()
+    return np.hypot(*(mapped - fixed).T)
+
+
+@pytest.mark.workflow
+def test_rounds_register_within_half_a_pixel_and_merge_to_the_truth(cases):
+    workdir, truth = cases
+    out = workdir / "out" / "rounds"
+    reference_landmarks = workdir / "data" / "rounds_r1_landmarks.csv"
+    for image in ("r2", "r3", "r4"):
+        errors = _errors_px(reference_landmarks, out / image / "landmarks_warped.csv")
+        assert np.isfinite(errors).all() and errors.max() < 0.5, (image, errors)
+        for name in ("warped.ome.tif", "transform.npz", "metrics.json", "qc.png"):
+            assert (out / image / name).is_file()
+    with tifffile.TiffFile(out / "merged.ome.tif") as tif:
+        merged = tif.series[0].asarray()
+        names = re.findall(r'<Channel[^>]* Name="([^"]+)"', tif.ome_metadata)
+        assert 'PhysicalSizeX="0.5"' in tif.ome_metadata
+    expected_names = [f"r{i} {c}" for i in range(1, 5) for c in ("DAPI", f"marker{i}")]
+    assert names == expected_names and len(set(names)) == 8  # every DAPI distinct
+    assert merged.shape == (8, 256, 256) and merged.dtype == np.uint16
+    inner = (slice(32, -32), slice(32, -32))  # away from the borders no round covers
+    truths = [truth[f"r{i}"][c][inner].astype(float).ravel() for i in range(1, 5) for c in (0, 1)]
+    for index in range(8):
+        got = merged[index][inner].astype(float).ravel()
+        if index < 2:  # round 1 is the reference itself
+            np.testing.assert_array_equal(got, truths[index])
+            continue
+        # the others went through two interpolations (rendering, warping back): close to
+        # their own truth, and far closer to it than to any other channel (no mix-up)
+        assert np.median(np.abs(got - truths[index])) <= 0.02 * np.ptp(truths[index])
+        correlations = [np.corrcoef(got, t)[0, 1] for t in truths]
+        assert correlations[index] > 0.95, (index, correlations)
+        if index % 2:  # markers differ per round (DAPI is the same section every round)
+            others = [c for i, c in enumerate(correlations) if i != index and i % 2]
+            assert correlations[index] > max(others) + 0.1, (index, correlations)
+    assert (out / "case_qc.png").stat().st_size > 20_000
+    summary = pd.read_csv(workdir / "out" / "summary.tsv", sep="\t")
+    assert {"sample", "case", "image"} <= set(summary.columns)
+    assert len(summary) == 6 and set(summary["case"]) == {"rounds", "serial"}
+
+
+@pytest.mark.workflow
+def test_chain_mode_composes_serial_sections_to_the_reference(cases):
+    workdir, _ = cases
+    (workdir / "chain.yaml").write_text(
+        "samples: images.tsv\noutdir: out_chain\ncases:\n  chain: true\n"
+    )
+    run_snakemake(workdir, "--cores", "2", "--configfile", str(workdir / "chain.yaml"))
+    out = workdir / "out_chain" / "serial"
+    reference = pd.read_csv(workdir / "data" / "serial_s1_landmarks.csv")[["X", "Y"]].to_numpy()
+    for image in ("s2", "s3", "s4"):
+        transform = Transform.load(out / image / "transform.npz")
+        truth = pd.read_csv(workdir / "data" / f"serial_{image}_landmarks.csv")[["X", "Y"]]
+        # the composed transform maps reference points where the accumulated steps put them
+        errors = np.hypot(*(transform.fixed_to_moving(reference) - truth.to_numpy()).T)
+        assert errors.max() < 0.5, (image, errors)
+        mapped = _errors_px(workdir / "data" / "serial_s1_landmarks.csv",
+                            out / image / "landmarks_warped.csv")  # fmt: skip
+        assert mapped.max() < 0.5, (image, mapped)
+    log = (workdir / "out_chain" / "logs" / "flow" / "serial" / "s4.log").read_text()
+    assert "composed with" in log and "serial/s3/transform.npz" in log
+    log = (workdir / "out_chain" / "logs" / "flow" / "serial" / "s2.log").read_text()
+    assert "composed with" not in log  # s2's neighbour is the reference
+
+
+@pytest.mark.workflow
+def test_adding_an_image_reruns_that_image_and_the_case_outputs_only(cases):
+    workdir, _ = cases
+    sheet = pd.read_csv(workdir / "images.tsv", sep="\t", dtype=str)
+    extra = sheet[(sheet["case"] == "rounds") & (sheet["image"] == "r4")].copy()
+    extra["image"] = "r5"
+    pd.concat([sheet, extra]).to_csv(workdir / "more.tsv", sep="\t", index=False)
+    jobs = planned_jobs(workdir, "--config", "samples=more.tsv")
+    per_image = {"preprocess", "rigid", "flow", "warp", "points", "qc"}
+    assert {rule: jobs[rule] for rule in per_image} == dict.fromkeys(per_image, 1)
+    assert jobs["merge"] == 1 and jobs["case_qc"] == 1 and jobs["summary"] == 1
+    assert set(jobs) == per_image | {"merge", "case_qc", "summary"}
+    assert planned_jobs(workdir) == {}  # the original sheet: nothing to do
+
+
+@pytest.mark.workflow
+def test_images_sheet_validation_names_case_image_and_column(cases, tmp_path):
+    workdir, _ = cases
+    sheet = pd.read_csv(workdir / "images.tsv", sep="\t", dtype=str)
+    sheet.loc[(sheet["case"] == "rounds") & (sheet["image"] == "r3"), "channel"] = "CD99"
+    sheet.loc[(sheet["case"] == "serial") & (sheet["image"] == "s2"), "path"] = "/no/such.svs"
+    sheet.to_csv(tmp_path / "bad.tsv", sep="\t", index=False)
+    (tmp_path / "config.yaml").write_text(f"samples: {tmp_path / 'bad.tsv'}\noutdir: out\n")
+    result = run_snakemake(tmp_path, "--cores", "1", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "case 'rounds', image 'r3': column channel: channel 'CD99' not found" in output
+    assert "file /no/such.svs (case 'serial', image 's2', column path) not found" in output
+    assert not (tmp_path / "out").exists()
+
+
+def test_metrics_name_the_registration(cases):
+    workdir, _ = cases
+    metrics = json.loads((workdir / "out" / "serial" / "s3" / "metrics.json").read_text())
+    assert metrics["sample"] == "serial/s3" and metrics["status"] in ("ok", "rigid_only")
