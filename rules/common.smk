@@ -1,4 +1,3 @@
-import functools
 import hashlib
 import sys
 from pathlib import Path
@@ -64,10 +63,12 @@ def load_registrations(path, chain):
 samples, images_sheet = load_registrations(config["samples"], config["cases"]["chain"])
 # All problems at once (ids, files, headers, channels, landmarks), then the schema's defaults.
 # Cluster job processes re-read the sheet: the files were checked before submission.
+HEADERS = {}  # path → ImageInfo, read once by the checks and reused by the resources
 _errors, _warnings = check_sample_sheet(
     samples,
     config["preprocess"]["max_pixels"],
     check_files=workflow.is_main_process,
+    headers=HEADERS,
 )
 for _warning in _warnings if workflow.is_main_process else []:
     logger.warning(f"sample sheet {config['samples']}: {_warning}")
@@ -160,12 +161,13 @@ def library_hash(*modules):
     return digest.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=None)
 def image_header(path):
-    """An image's header (cached: resources ask repeatedly)."""
-    from regflow.io import read_info
+    """An image's header (cached: resources ask repeatedly; the checks read most already)."""
+    if path not in HEADERS:
+        from regflow.io import read_info
 
-    return read_info(path)
+        HEADERS[path] = read_info(path)
+    return HEADERS[path]
 
 
 def image_megabytes(path):

@@ -75,8 +75,9 @@ def test_a_pair_is_a_case_of_two_images():
 
 def _random_transform(rng, shape, amplitude):
     angle = rng.uniform(-0.3, 0.3)
-    affine = np.array([[np.cos(angle), -np.sin(angle), rng.uniform(-20, 20)],
-                       [np.sin(angle), np.cos(angle), rng.uniform(-20, 20)], [0, 0, 1]])  # fmt: skip
+    cos, sin = np.cos(angle), np.sin(angle)
+    affine = np.array([[cos, -sin, rng.uniform(-20, 20)], [sin, cos, rng.uniform(-20, 20)],
+                       [0, 0, 1]])  # fmt: skip
     grid = (40, 50)
     field = np.stack([np.outer(np.sin(np.linspace(0, 3, grid[0])),
                                np.cos(np.linspace(0, 2, grid[1]))) * amplitude] * 2)  # fmt: skip

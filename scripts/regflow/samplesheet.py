@@ -28,7 +28,10 @@ def _blank(value) -> bool:
 
 
 def check_sample_sheet(
-    samples: pd.DataFrame, max_pixels: int | None = None, check_files: bool = True
+    samples: pd.DataFrame,
+    max_pixels: int | None = None,
+    check_files: bool = True,
+    headers: dict | None = None,
 ) -> tuple[list[str], list[str]]:
     """Validate rows and the files they name.
 
@@ -44,6 +47,9 @@ def check_sample_sheet(
         Also open every image header and landmark file. A cluster job process re-reads the
         sheet; it skips this (the submitting process checked them all), or each job of a
         300-pair cohort would open 600 headers.
+    headers : dict, optional
+        Filled with ``{path: ImageInfo}`` of every image that passed, so that callers (the
+        resources of the rules) do not open the files again.
 
     Returns
     -------
@@ -147,5 +153,7 @@ def check_sample_sheet(
                 f"moving_landmarks {landmark_counts['moving']}; the first "
                 f"{min(landmark_counts.values())} rows are paired (ANHIR rule)"
             )
+    if headers is not None:
+        headers.update({p: i for p, i in verified.items() if isinstance(i, ImageInfo)})
     # An image shared by several registrations (a case's reference) is reported once.
     return list(dict.fromkeys(errors)), list(dict.fromkeys(warnings))
