@@ -11,6 +11,7 @@ from regflow.cases import (  # noqa: E402
     SheetError,
     case_images,
     from_images,
+    associated_name,
     is_reference,
     from_pairs,
     sheet_kind,
@@ -142,9 +143,58 @@ def sample_value(column, default=""):
     return get
 
 
-def has_landmarks(sample, role):
-    value = samples.loc[sample].get(f"{role}_landmarks")
+def has_value(sample, column):
+    value = samples.loc[sample].get(column)
     return value is not None and not pd.isna(value) and value != ""
+
+
+def has_landmarks(sample, role):
+    return has_value(sample, f"{role}_landmarks")
+
+
+# annotations_<direction>.geojson: which sheet column, which way, drawn on which image.
+ANNOTATIONS = {
+    "warped": {
+        "file": "moving_annotations",
+        "direction": "moving_to_fixed",
+        "image": "moving",
+        "pixel_size": "moving_pixel_size_um",
+    },
+    "in_moving": {
+        "file": "fixed_annotations",
+        "direction": "fixed_to_moving",
+        "image": "reference_path",
+        "pixel_size": "reference_pixel_size_um",
+    },
+}
+
+
+def annotation_value(key):
+    """Input/params function of the annotations rule (see ANNOTATIONS)."""
+
+    def get(wildcards):
+        entry = ANNOTATIONS[wildcards.direction][key]
+        if key == "direction":
+            return entry
+        return sample_value(entry)(wildcards)
+
+    return get
+
+
+def associated_names(sample):
+    """``{output name: path}`` of a sample's associated images (file names less extensions)."""
+    if not has_value(sample, "moving_associated"):
+        return {}
+    paths = [
+        p.strip()
+        for p in samples.loc[sample, "moving_associated"].split(";")
+        if p.strip()
+    ]
+    return {associated_name(p): p for p in paths}
+
+
+def associated_path(wildcards):
+    return associated_names(wildcards.sample)[wildcards.name]
 
 
 def sample_row(wildcards):
@@ -205,6 +255,10 @@ def sample_outputs(sample):
     names = ["warped.ome.tif", "transform.npz", "metrics.json", "qc.png"]
     if has_landmarks(sample, "moving"):
         names.append("landmarks_warped.csv")
+    for direction, entry in ANNOTATIONS.items():
+        if has_value(sample, entry["file"]):
+            names.append(f"annotations_{direction}.geojson")
+    names += [f"associated/{name}.ome.tif" for name in associated_names(sample)]
     return [f"{OUTDIR}/{sample}/{name}" for name in names]
 
 
@@ -246,6 +300,10 @@ def qc_inputs(wildcards):
         inputs["moving_landmarks"] = samples.loc[wildcards.sample, "moving_landmarks"]
         inputs["landmarks_warped"] = rules.points.output[0].format(
             sample=wildcards.sample
+        )
+    if has_value(wildcards.sample, "moving_annotations"):  # drawn on the QC figure
+        inputs["annotations_warped"] = (
+            f"{OUTDIR}/{wildcards.sample}/annotations_warped.geojson"
         )
     return inputs
 

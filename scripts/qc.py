@@ -44,6 +44,12 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
             diagonal=float(np.hypot(height, width)),
         )
 
+    annotation_outlines = None
+    if hasattr(snakemake.input, "annotations_warped"):
+        from regflow.annotations import outlines, read_features
+
+        annotation_outlines = outlines(read_features(snakemake.input.annotations_warped)[1])
+
     diagonal = float(np.hypot(*transform.fixed_shape))
     status, reason = decide_status(
         flow["accepted"], similarity["final"]["ncc"], settings["min_ncc"], flow["reason"]
@@ -95,6 +101,7 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         metrics,
         landmarks=mapped,
         fixed_landmarks=fixed_points,
+        annotations=annotation_outlines,
     )
     log.info(
         "status %s; NCC %.3f → %.3f → %.3f%s",

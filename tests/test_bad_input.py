@@ -100,6 +100,11 @@ VALIDATION_CASES = {
         "available channel names: ['DAPI', 'DAB-marker']",
     ),
     "landmarks without X/Y": ({"moving_landmarks": "NOXY"}, "column moving_landmarks"),
+    "annotations not GeoJSON": ("BAD_GEOJSON", "column moving_annotations:"),
+    "associated image of another size": (
+        "SMALL_LABELS",
+        "(sample 'bad', column moving_associated) is 32×32 px but the moving image is",
+    ),
     "duplicate id": (
         {"sample": "good"},
         "sample 'good': column sample: the id appears more than once",
@@ -121,6 +126,12 @@ def test_validation_errors_name_sample_column_and_value(tmp_path, data, case):
         (tmp_path / "cut.ome.tif").write_bytes(good[: len(good) // 2])
         values = {"moving": str(tmp_path / "cut.ome.tif"), "moving_channel": "DAPI",
                   "moving_modality": "fluorescence"}  # fmt: skip
+    elif values == "BAD_GEOJSON":
+        (tmp_path / "a.geojson").write_text('{"type": "Topology"}')
+        values = {"moving_annotations": str(tmp_path / "a.geojson")}
+    elif values == "SMALL_LABELS":
+        write_ome_tiff(tmp_path / "labels.ome.tif", np.zeros((1, 32, 32), np.uint16), ["L"])
+        values = {"moving_associated": str(tmp_path / "labels.ome.tif")}
     elif values == "TEXT_SVS":
         (tmp_path / "slide.svs").write_text("sample\tfixed\nnot an image\n")
         values = {"moving": str(tmp_path / "slide.svs")}

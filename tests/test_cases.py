@@ -226,3 +226,17 @@ def test_metrics_name_the_registration(cases):
     workdir, _ = cases
     metrics = json.loads((workdir / "out" / "serial" / "s3" / "metrics.json").read_text())
     assert metrics["sample"] == "serial/s3" and metrics["status"] in ("ok", "rigid_only")
+
+
+def test_case_annotations_go_both_ways_between_each_image_and_the_reference():
+    sheet = _sheet([_image("c", "he", "true", "1", annotations="he.geojson"),
+                    _image("c", "ihc", order="2", annotations="ihc.geojson", associated="m.tif"),
+                    _image("c", "ki67", order="3")])  # fmt: skip
+    for chain in (False, True):
+        model = from_images(sheet, chain=chain).set_index("image")
+        # the reference's annotations go to every image, each image's to the reference
+        assert list(model["fixed_annotations"]) == ["he.geojson", "he.geojson"]
+        assert model.loc["ihc", "moving_annotations"] == "ihc.geojson"
+        assert pd.isna(model.loc["ki67", "moving_annotations"])
+        assert model.loc["ihc", "moving_associated"] == "m.tif"
+        assert "fixed_associated" not in model.columns

@@ -164,3 +164,39 @@ def test_qc_figure_is_a_wide_png(cohort):
         assert image.format == "PNG" and image.size[0] >= 1000
     with Image.open(cohort / "out" / "summary.png") as image:
         assert image.size[0] >= 1000
+
+
+def test_annotations_follow_the_landmarks_and_keep_their_properties(cohort):
+    import shapely.geometry
+
+    sheet = pd.read_csv(cohort / "samples.tsv", sep="\t")
+    for row in sheet.itertuples():
+        folder = cohort / "out" / row.sample
+        source = json.loads(Path(row.moving_annotations).read_text())
+        for name in ("annotations_warped.geojson", "annotations_in_moving.geojson"):
+            mapped = json.loads((folder / name).read_text())
+            assert mapped["type"] == "FeatureCollection"
+            for before, after in zip(source["features"], mapped["features"], strict=True):
+                assert after["id"] == before["id"] and after["properties"] == before["properties"]
+                geometry = shapely.geometry.shape(after["geometry"])  # QuPath's import format
+                assert geometry.is_valid and not geometry.is_empty
+        # the example's MultiPoint is the first six landmarks: one mapping for both
+        warped = json.loads((folder / "annotations_warped.geojson").read_text())
+        points = np.asarray(warped["features"][1]["geometry"]["coordinates"])
+        landmarks = pd.read_csv(folder / "landmarks_warped.csv")[["X", "Y"]].to_numpy()[:6]
+        np.testing.assert_allclose(points, landmarks, atol=1e-3)
+
+
+def test_associated_label_image_keeps_its_labels(cohort):
+    sheet = pd.read_csv(cohort / "samples.tsv", sep="\t").set_index("sample")
+    source = sheet.loc["ihc_to_fluorescence", "moving_associated"]
+    output = (
+        cohort / "out" / "ihc_to_fluorescence" / "associated" / "fluorescence_moving_nuclei.ome.tif"
+    )
+    labels, warped = tifffile.imread(source), tifffile.imread(output)
+    assert warped.dtype == labels.dtype and warped.shape == (160, 160)
+    # nearest neighbour: no value that is not a label; every label inside the overlap kept
+    assert set(np.unique(warped)) <= set(np.unique(labels))
+    assert len(np.unique(warped)) > 0.8 * len(np.unique(labels))
+    info = read_info(output)
+    assert info.pixel_size_um == pytest.approx(0.5)  # the fixed image's grid

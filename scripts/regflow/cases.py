@@ -19,6 +19,7 @@ preprocessed fixed image is the reference at working resolution). The registrati
 
 from __future__ import annotations
 
+import os
 import re
 
 import pandas as pd
@@ -36,6 +37,9 @@ PAIR_COLUMNS = (
     "moving_landmarks",
     "fixed_pixel_size_um",
     "moving_pixel_size_um",
+    "fixed_annotations",
+    "moving_annotations",
+    "moving_associated",
 )
 # images-sheet column → pair-sheet column suffix (fixed_* from the reference, moving_* here)
 IMAGE_COLUMNS = {
@@ -44,6 +48,8 @@ IMAGE_COLUMNS = {
     "channel": "_channel",
     "landmarks": "_landmarks",
     "pixel_size_um": "_pixel_size_um",
+    "annotations": "_annotations",
+    "associated": "_associated",
 }
 IMAGES_SHEET_COLUMNS = ("case", "image", *IMAGE_COLUMNS, "reference", "order")
 # Added to every registration row (derived, not user columns).
@@ -204,7 +210,10 @@ def _case_registrations(case, records, reference, positions, chain) -> list[dict
         target = targets.get(id(record), reference)
         row = {"sample": rid(record)}
         row |= values(target, "fixed") | values(record, "moving")
+        # landmarks and annotations of the reference, whatever the registration's target
         row["fixed_landmarks"] = reference.get("landmarks")
+        row["fixed_annotations"] = reference.get("annotations")
+        row.pop("fixed_associated", None)  # associated images belong to the moving image
         row |= {
             "case": case,
             "image": str(record["image"]),
@@ -218,6 +227,16 @@ def _case_registrations(case, records, reference, positions, chain) -> list[dict
         }
         rows.append(row)
     return rows
+
+
+def associated_name(path: str) -> str:
+    """Output name of an associated image: its file name without extensions
+    (``cells.labels.ome.tif`` → ``cells.labels``)."""
+    name = os.path.basename(str(path))
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return os.path.splitext(name)[0]
 
 
 def case_images(table: pd.DataFrame) -> dict[str, list[dict]]:

@@ -12,6 +12,7 @@ exact ground truth.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,9 +65,14 @@ def _sample_field(field: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
 
 
 def render_moving(
-    fixed_image: np.ndarray, warp: KnownWarp, moving_shape: tuple[int, int], fill: np.ndarray
+    fixed_image: np.ndarray,
+    warp: KnownWarp,
+    moving_shape: tuple[int, int],
+    fill: np.ndarray,
+    order: int = 1,
 ) -> np.ndarray:
-    """Render a ``(C, Y, X)`` fixed scene as the moving image (float64)."""
+    """Render a ``(C, Y, X)`` fixed scene as the moving image (float64; ``order=0`` for
+    label images)."""
     affine = warp.affine(fixed_image.shape[1:], moving_shape)
     field = warp.elastic_field(moving_shape)
     rows, cols = np.mgrid[: moving_shape[0], : moving_shape[1]].astype(np.float64)
@@ -75,7 +81,7 @@ def render_moving(
     fixed_xy += np.stack([field[0].ravel(), field[1].ravel()], axis=1)
     coords = [fixed_xy[:, 1], fixed_xy[:, 0]]
     out = [
-        ndi.map_coordinates(channel.astype(np.float64), coords, order=1, cval=float(value))
+        ndi.map_coordinates(channel.astype(np.float64), coords, order=order, cval=float(value))
         for channel, value in zip(fixed_image, fill, strict=True)
     ]
     return np.stack(out).reshape(fixed_image.shape[0], *moving_shape)
@@ -118,6 +124,63 @@ def fluorescence_from_brightfield(rgb: np.ndarray, seed: int = 1) -> np.ndarray:
     return np.stack(channels).astype(np.uint16)
 
 
+def example_annotations(shape: tuple[int, int], landmarks: np.ndarray) -> list[dict]:
+    """QuPath-style annotations of the fixed scene: a tumour region with a hole, landmark
+    points (detections) and a line, with QuPath's ``objectType``/``classification``."""
+    height, width = shape
+    angles = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    centre = np.array([0.55 * width, 0.45 * height])
+
+    def ring(radius):
+        xy = centre + radius * np.stack([np.cos(angles), np.sin(angles)], 1) * [1.0, 0.8]
+        return np.concatenate([xy, xy[:1]])
+
+    classification = {"name": "Tumor", "color": [200, 0, 0]}
+    return [
+        {"type": "Feature", "id": "3f1c0e8a-0001", "geometry": {"type": "Polygon",
+         "coordinates": [ring(0.22 * width), ring(0.07 * width)[::-1]]},
+         "properties": {"objectType": "annotation", "name": "tumour region",
+                        "classification": classification, "isLocked": False}},
+        {"type": "Feature", "id": "3f1c0e8a-0002", "geometry": {"type": "MultiPoint",
+         "coordinates": landmarks[:6]},
+         "properties": {"objectType": "annotation", "name": "nuclei",
+                        "classification": {"name": "Immune cells", "color": [160, 90, 160]}}},
+        {"type": "Feature", "id": "3f1c0e8a-0003", "geometry": {"type": "LineString",
+         "coordinates": [[0.2 * width, 0.8 * height], [0.8 * width, 0.75 * height]]},
+         "properties": {"objectType": "annotation", "name": "margin",
+                        "measurements": {"Length µm": 0.6 * width * 0.5}}},
+    ]  # fmt: skip
+
+
+def map_geometry(geometry: dict, mapping) -> dict:
+    """A GeoJSON geometry with every vertex passed through ``mapping((n, 2)) → (n, 2)``."""
+
+    def walk(coords):
+        array = np.asarray(coords, np.float64)
+        if array.ndim == 1:
+            return mapping(array[None])[0].tolist()
+        if array.ndim == 2:
+            return mapping(array).tolist()
+        return [walk(c) for c in coords]
+
+    return {"type": geometry["type"], "coordinates": walk(geometry["coordinates"])}
+
+
+def _save_annotations(path: Path, features: list[dict], mapping=None) -> None:
+    """A QuPath-style FeatureCollection, vertices passed through ``mapping`` if given."""
+    mapping = mapping or (lambda points: points)
+    features = [f | {"geometry": map_geometry(f["geometry"], mapping)} for f in features]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+def nuclei_labels(hematoxylin: np.ndarray) -> np.ndarray:
+    """A nucleus label image (uint16) of the scene: connected hematoxylin-dense regions."""
+    from skimage import measure
+
+    smooth = ndi.gaussian_filter(hematoxylin, 1.0)
+    return measure.label(smooth > np.percentile(smooth, 85)).astype(np.uint16)
+
+
 def _save_points(path: Path, points: np.ndarray) -> None:
     # ANHIR/BIRL layout: a leading index column, then X, Y.
     pd.DataFrame({"X": points[:, 0], "Y": points[:, 1]}).to_csv(path, index=True)
@@ -152,6 +215,13 @@ def make_cohort(outdir: str | Path, size: int | None = None) -> pd.DataFrame:
         outdir / "fluorescence_fixed.ome.tif", fluorescence, ["DAPI", "DAB-marker"], pixel_size
     )
     _save_points(outdir / "fluorescence_fixed_landmarks.csv", landmarks)
+    # The same annotations drawn on each image (QuPath GeoJSON): exact in every frame.
+    annotations = example_annotations(shape, landmarks)
+    _save_annotations(outdir / "fixed_annotations.geojson", annotations)
+
+    def moving_annotations(name, warp, moving_shape):
+        mapping = lambda points: map_landmarks(points, warp, shape, moving_shape)  # noqa: E731
+        _save_annotations(outdir / f"{name}_annotations.geojson", annotations, mapping)
 
     # 1. brightfield → brightfield, rigid: rotation and shift.
     warp = KnownWarp(angle_deg=25.0, scale=1.0, shift=(0.04 * shape[1], -0.03 * shape[0]))
@@ -166,6 +236,7 @@ def make_cohort(outdir: str | Path, size: int | None = None) -> pd.DataFrame:
     _save_points(
         outdir / "ihc_rigid_moving_landmarks.csv", map_landmarks(landmarks, warp, shape, shape)
     )
+    moving_annotations("ihc_rigid_moving", warp, shape)
 
     # 2. brightfield → fluorescence scanned at a coarser pixel size (0.65 µm): the OME pixel
     #    sizes carry the scale; rotation, shift and a smooth elastic deformation on top.
@@ -189,6 +260,11 @@ def make_cohort(outdir: str | Path, size: int | None = None) -> pd.DataFrame:
         outdir / "fluorescence_moving_landmarks.csv",
         map_landmarks(landmarks, warp, shape, moving_shape),
     )
+    moving_annotations("fluorescence_moving", warp, moving_shape)
+    # A nucleus label image segmented on the moving (fluorescence) image: an associated image.
+    labels = render_moving(nuclei_labels(hematoxylin)[None], warp, moving_shape, [0.0], order=0)
+    write_ome_tiff(outdir / "fluorescence_moving_nuclei.ome.tif", labels.astype(np.uint16),
+                   ["nuclei"], coarse)  # fmt: skip
 
     # 3. fluorescence → brightfield PNG (no pixel size): near-180° rotation + elastic.
     warp = KnownWarp(
@@ -209,6 +285,7 @@ def make_cohort(outdir: str | Path, size: int | None = None) -> pd.DataFrame:
     _save_points(
         outdir / "ihc_elastic_moving_landmarks.csv", map_landmarks(landmarks, warp, shape, shape)
     )
+    moving_annotations("ihc_elastic_moving", warp, shape)
 
     def row(
         sample,
@@ -231,7 +308,12 @@ def make_cohort(outdir: str | Path, size: int | None = None) -> pd.DataFrame:
             "moving_channel": moving_channel,
             "fixed_landmarks": str(outdir / fixed_lm),
             "moving_landmarks": str(outdir / moving_lm),
-        }
+            "fixed_annotations": str(outdir / "fixed_annotations.geojson"),
+            "moving_annotations": str(outdir / moving_lm.replace("_landmarks.csv",
+                                                                  "_annotations.geojson")),
+            "moving_associated": (str(outdir / "fluorescence_moving_nuclei.ome.tif")
+                                  if sample == "ihc_to_fluorescence" else ""),
+        }  # fmt: skip
 
     return pd.DataFrame(
         [

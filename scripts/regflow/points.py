@@ -58,6 +58,28 @@ def write_points(path: str | os.PathLike, table: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
+def map_points(points: np.ndarray, transform: Transform, direction: str) -> np.ndarray:
+    """Map ``(n, 2)`` points ``(x, y)`` between the images; NaN where they cannot be mapped
+    (outside the target image, or NaN on input).
+
+    Parameters
+    ----------
+    direction : {'moving_to_fixed', 'fixed_to_moving'}
+    """
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    valid = np.isfinite(points).all(axis=1)
+    mapped = np.full_like(points, np.nan)
+    if direction == "moving_to_fixed":
+        mapped[valid] = transform.moving_to_fixed(points[valid])
+    elif direction == "fixed_to_moving":
+        result = transform.fixed_to_moving(points[valid])
+        result[~inside_image(result[:, 0], result[:, 1], transform.moving_shape)] = np.nan
+        mapped[valid] = result
+    else:
+        raise ValueError(f"unknown direction {direction!r}")
+    return mapped
+
+
 def map_points_table(
     table: pd.DataFrame, transform: Transform, direction: str = "moving_to_fixed"
 ) -> pd.DataFrame:
@@ -69,17 +91,7 @@ def map_points_table(
         Points that cannot be mapped (outside the target image) get NaN coordinates; they are
         never dropped, so row i of the output still corresponds to row i of the input.
     """
-    points = table[["X", "Y"]].to_numpy(np.float64)
-    valid = np.isfinite(points).all(axis=1)
-    mapped = np.full_like(points, np.nan)
-    if direction == "moving_to_fixed":
-        mapped[valid] = transform.moving_to_fixed(points[valid])
-    elif direction == "fixed_to_moving":
-        result = transform.fixed_to_moving(points[valid])
-        result[~inside_image(result[:, 0], result[:, 1], transform.moving_shape)] = np.nan
-        mapped[valid] = result
-    else:
-        raise ValueError(f"unknown direction {direction!r}")
+    mapped = map_points(table[["X", "Y"]].to_numpy(np.float64), transform, direction)
     out = table.copy()
     out["X"], out["Y"] = mapped[:, 0], mapped[:, 1]
     return out

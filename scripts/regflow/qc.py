@@ -204,12 +204,15 @@ def qc_figure(
     metrics: dict,
     landmarks: dict[str, np.ndarray] | None = None,
     fixed_landmarks: np.ndarray | None = None,
+    annotations: list[np.ndarray] | None = None,
 ) -> None:
     """Write the per-sample QC figure (≈1800 px wide PNG).
 
     Panels: fixed with tissue outline, moving, magenta/green overlays before, after the global
     transform and final, a final checkerboard, the deformation magnitude with arrows,
-    landmarks with error vectors, and the metrics.
+    landmarks with error vectors, and the metrics. ``annotations`` (outlines in fixed
+    full-resolution pixels, e.g. the moving image's mapped GeoJSON) are drawn in yellow over
+    the fixed image and the final overlay.
     """
     fig = plt.figure(figsize=(20, 8.8), dpi=90)
     grid = fig.add_gridspec(
@@ -240,6 +243,14 @@ def qc_figure(
             _composite(fixed.image, warped[stage]),
             f"{label}\nNCC {sim[stage]['ncc']:.3f}  NMI {sim[stage]['nmi']:.3f}",
         )
+    if annotations:
+        shapes = [apply_matrix(fixed.full_to_working, shape) for shape in annotations]
+        lines = [shape for shape in shapes if len(shape) > 1]
+        points = np.concatenate([s for s in shapes if len(s) == 1] or [np.empty((0, 2))])
+        for ax in (axes[0, 0], axes[0, 4]):
+            ax.add_collection(LineCollection(lines, colors="#ffd400", linewidths=1.2))
+            ax.plot(*points.T, "+", color="#ffd400", markersize=7, mew=1.5)
+        axes[0, 0].set_title("fixed + mapped annotations (yellow)", fontsize=11)
     _show(
         axes[1, 0],
         _checkerboard(fixed.image, warped["final"]),

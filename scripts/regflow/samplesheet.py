@@ -11,10 +11,12 @@ import re
 
 import pandas as pd
 
-from .cases import MODEL_COLUMNS, PAIR_COLUMNS
+from .annotations import AnnotationError, read_features
+from .cases import MODEL_COLUMNS, PAIR_COLUMNS, associated_name
 from .formats import ImageInfo, ImageReadError, pixel_size_override, verify_image
 from .points import PointsError, read_points
 from .preprocess import MODALITIES, ChannelError, resolve_channel
+from .warp import associated_scale
 
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ROLES = ("fixed", "moving")
@@ -25,6 +27,52 @@ def _blank(value) -> bool:
     return (
         value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == ""
     )
+
+
+def _check_extras(row, named, verified, labels, images_sheet) -> list[str]:
+    """Annotation files parse; associated images are readable, uniquely named, and their size
+    matches the moving image's (or their pixel size says how they relate)."""
+    errors = []
+    if images_sheet:  # the reference's annotations, whatever the registration's target
+        labels = labels | {"fixed": f"case {row['case']!r}, image {row['reference_image']!r}"}
+    for role in ROLES:
+        value = row.get(f"{role}_annotations")
+        if not _blank(value):
+            try:
+                read_features(value)
+            except AnnotationError as exc:
+                errors.append(f"{named(role, f'{role}_annotations', labels)}: {exc}")
+    value = row.get("moving_associated")
+    if _blank(value):
+        return errors
+    moving = verified.get(row.get("moving"))
+    moving_size = pixel_size_override(row.get("moving_pixel_size_um"))
+    names = {}
+    for path in (p.strip() for p in str(value).split(";") if p.strip()):
+        where = named("moving", "moving_associated", labels, sep=",")
+        name = associated_name(path)
+        if name in names:
+            errors.append(f"{named('moving', 'moving_associated', labels)}: {path} and "
+                          f"{names[name]} would both be written as associated/{name}.ome.tif; "
+                          "rename one")  # fmt: skip
+            continue
+        names[name] = path
+        if path not in verified:
+            try:
+                verified[path] = verify_image(path)
+            except ImageReadError as exc:
+                verified[path] = exc
+        info = verified[path]
+        if isinstance(info, ImageReadError):
+            errors.append(info.describe(where))
+            continue
+        if isinstance(moving, ImageInfo):
+            try:
+                associated_scale(info.shape, info.pixel_size_um, moving.shape,
+                                 moving_size or moving.pixel_size_um)  # fmt: skip
+            except ValueError as exc:
+                errors.append(f"file {path} ({where}) {exc}")
+    return errors
 
 
 def check_sample_sheet(
@@ -147,6 +195,8 @@ def check_sample_sheet(
                     landmark_counts[role] = len(read_points(landmarks))
                 except PointsError as exc:
                     errors.append(f"{named(role, column)}: {exc}")
+        if check_files:
+            errors += _check_extras(row, named, verified, labels, images_sheet)
         if len(landmark_counts) == 2 and landmark_counts["fixed"] != landmark_counts["moving"]:
             warnings.append(
                 f"{where}: fixed_landmarks has {landmark_counts['fixed']} rows and "

@@ -186,3 +186,116 @@ def warp_image(
             :, row * tile : row * tile + block.shape[1], col * tile : col * tile + block.shape[2]
         ] = block
     return out
+
+
+def is_label_image(info) -> bool:
+    """A single-channel integer or boolean image: labels or a mask, resampled by nearest
+    neighbour so that values are never blended into ones that do not exist."""
+    kind = np.dtype(info.dtype).kind
+    return info.n_channels == 1 and kind in "iub" and not info.rgb
+
+
+def warp_file(
+    source_path: str,
+    transform: Transform,
+    output_path: str,
+    modality: str,
+    pixel_size_um: float | None,
+    settings: dict,
+    threads: int = 1,
+    order: int | None = None,
+) -> dict:
+    """Warp every channel of an image file onto the fixed grid into a pyramidal OME-TIFF,
+    streaming (regions in, tiles out). Returns what was written (for the log).
+
+    Parameters
+    ----------
+    settings : dict
+        The ``warp`` config section (``tile``, ``order``, ``fill``, ``pyramid_min_size``,
+        ``compression``).
+    order : int, optional
+        Interpolation order; default 0 for label/mask images, else ``settings["order"]``.
+    """
+    from .io import RegionReader, read_image, write_ome_tiff_tiled
+
+    with RegionReader(source_path, level=0) as source:
+        info = source.info
+        labels = is_label_image(info)
+        order = (0 if labels else settings["order"]) if order is None else order
+        n_channels = 3 if info.rgb and info.n_channels == 4 else info.n_channels  # drop alpha
+        if settings["fill"] == "auto" and not labels:
+            # The background estimate needs only a coarse view: the smallest pyramid level.
+            coarse = read_image(source_path, len(info.level_shapes) - 1)
+            fill = background_value(coarse, modality)
+        else:
+            fill = np.zeros(source.shape[0])
+        blocks = warp_blocks(source, transform, fill=fill, tile=settings["tile"], order=order,
+                             threads=threads)  # fmt: skip
+        write_ome_tiff_tiled(
+            output_path,
+            (n_channels, *transform.fixed_shape),
+            source.dtype,
+            ((row, col, block[:n_channels]) for row, col, block in blocks),
+            channel_names=info.channel_names[:n_channels],
+            pixel_size_um=pixel_size_um,
+            rgb=info.rgb,
+            tile=settings["tile"],
+            pyramid_min_size=settings["pyramid_min_size"],
+            compression=None if settings["compression"] == "none" else settings["compression"],
+        )
+    return {
+        "channels": info.channel_names[:n_channels],
+        "dtype": str(source.dtype),
+        "shape": transform.fixed_shape,
+        "order": order,
+        "pixel_size_um": pixel_size_um,
+        "dropped_alpha": n_channels < info.n_channels,
+    }
+
+
+def associated_scale(
+    shape: tuple[int, int],
+    pixel_size_um: float | None,
+    moving_shape: tuple[int, int],
+    moving_pixel_size_um: float | None,
+) -> float:
+    """Moving pixels per pixel of an associated image (a label image, a mask, another scan)
+    in the moving image's frame: 1 for the same size; else its pixel size must say how it
+    relates (both pixel sizes known and the two images covering the same area).
+
+    Raises
+    ------
+    ValueError
+        With what to do, when the sizes differ and the pixel sizes do not explain it.
+    """
+    if tuple(shape) == tuple(moving_shape):
+        return 1.0
+    if not (pixel_size_um and moving_pixel_size_um):
+        raise ValueError(
+            f"is {shape[0]}×{shape[1]} px but the moving image is "
+            f"{moving_shape[0]}×{moving_shape[1]} px, and without both pixel sizes their "
+            "relation is unknown; export it at the moving image's size or give both pixel sizes"
+        )
+    factor = moving_pixel_size_um / pixel_size_um  # associated pixels per moving pixel
+    expected = tuple(n * factor for n in moving_shape)
+    if any(abs(a - e) > max(2.0, 0.01 * e) for a, e in zip(shape, expected, strict=True)):
+        raise ValueError(
+            f"is {shape[0]}×{shape[1]} px at {pixel_size_um} µm, which does not cover the "
+            f"moving image ({moving_shape[0]}×{moving_shape[1]} px at {moving_pixel_size_um} "
+            f"µm ≈ {expected[0]:.0f}×{expected[1]:.0f} px at this pixel size)"
+        )
+    return 1.0 / factor
+
+
+def associated_transform(transform: Transform, shape: tuple[int, int], scale: float) -> Transform:
+    """The fixed → associated-image transform of an image ``scale`` moving pixels per pixel
+    (pixel-area convention, as the pyramid levels)."""
+    from .transform import compose
+
+    if scale == 1.0 and tuple(shape) == tuple(transform.moving_shape):
+        return transform
+    inverse = 1.0 / scale
+    to_associated = np.array(
+        [[inverse, 0.0, 0.5 * inverse - 0.5], [0.0, inverse, 0.5 * inverse - 0.5], [0, 0, 1.0]]
+    )
+    return compose(transform, Transform.from_affine(to_associated, transform.moving_shape, shape))
