@@ -5,7 +5,7 @@ rule merge:
     input:
         images=case_value("merge_paths"),
     output:
-        f"{OUTDIR}/{{case}}/merged.ome.tif",
+        image_output(f"{OUTDIR}/{{case}}/merged.{IMAGE}"),
     log:
         f"{OUTDIR}/logs/merge/{{case}}.log",
     benchmark:

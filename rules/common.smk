@@ -21,6 +21,16 @@ from regflow.samplesheet import check_sample_sheet  # noqa: E402
 validate(config, schema="../config/schemas/config.schema.yaml")
 
 OUTDIR = config["outdir"].rstrip("/")
+# Output images: OME-TIFF files or OME-Zarr folders (warp.format)
+ZARR = config["warp"]["format"] == "ome-zarr"
+IMAGE = "ome.zarr" if ZARR else "ome.tif"
+
+
+def image_output(pattern):
+    """An output image: a folder for OME-Zarr (Snakemake's directory()), else a file."""
+    return directory(pattern) if ZARR else pattern
+
+
 LIBRARY = Path(workflow.basedir) / "scripts" / "regflow"
 
 
@@ -105,14 +115,14 @@ def case_summary(case, records):
         "images": [r["image"] for r in others],
         "modalities": [_cell(r, "modality", "brightfield") for r in others],
         "channels": [_cell(r, "channel") for r in others],
-        "warped": [f"{folder}/{r['image']}/warped.ome.tif" for r in others],
+        "warped": [f"{folder}/{r['image']}/warped.{IMAGE}" for r in others],
         "metrics": [f"{folder}/{r['image']}/metrics.json" for r in others],
         # a merge needs two fluorescence images (the reference counts when it is one)
         "merge_images": (
             [r["image"] for r in fluorescence] if len(fluorescence) > 1 else []
         ),
         "merge_paths": [
-            r["path"] if r is reference else f"{folder}/{r['image']}/warped.ome.tif"
+            r["path"] if r is reference else f"{folder}/{r['image']}/warped.{IMAGE}"
             for r in fluorescence
         ],
     }
@@ -252,13 +262,13 @@ def mem_mb_preprocess(wildcards, attempt):
 
 def sample_outputs(sample):
     """Every final output of one sample."""
-    names = ["warped.ome.tif", "transform.npz", "metrics.json", "qc.png"]
+    names = [f"warped.{IMAGE}", "transform.npz", "metrics.json", "qc.png"]
     if has_landmarks(sample, "moving"):
         names.append("landmarks_warped.csv")
     for direction, entry in ANNOTATIONS.items():
         if has_value(sample, entry["file"]):
             names.append(f"annotations_{direction}.geojson")
-    names += [f"associated/{name}.ome.tif" for name in associated_names(sample)]
+    names += [f"associated/{name}.{IMAGE}" for name in associated_names(sample)]
     return [f"{OUTDIR}/{sample}/{name}" for name in names]
 
 
@@ -269,7 +279,7 @@ def all_outputs():
     for case, info in CASES.items():
         outputs.append(f"{OUTDIR}/{case}/case_qc.png")
         if info["merge_images"]:
-            outputs.append(f"{OUTDIR}/{case}/merged.ome.tif")
+            outputs.append(f"{OUTDIR}/{case}/merged.{IMAGE}")
     return outputs
 
 
@@ -319,7 +329,7 @@ def write_summary_after_failure():
     results, failures = {}, {}
     for sample in samples.index:
         metrics = Path(OUTDIR, sample, "metrics.json")
-        complete = all(Path(p).is_file() for p in sample_outputs(sample))
+        complete = all(Path(p).exists() for p in sample_outputs(sample))
         results[sample] = json.loads(metrics.read_text()) if complete else None
         if results[sample] is None:
             logs = sorted(Path(OUTDIR, "logs").glob(f"*/{sample}.log"))

@@ -4,7 +4,7 @@ rule warp:
         transform=rules.flow.output.transform,
         info=rules.preprocess.output.info,
     output:
-        f"{OUTDIR}/{{sample}}/warped.ome.tif",
+        image_output(f"{OUTDIR}/{{sample}}/warped.{IMAGE}"),
     log:
         f"{OUTDIR}/logs/warp/{{sample}}.log",
     benchmark:
@@ -87,7 +87,7 @@ rule associated:
         transform=rules.flow.output.transform,
         info=rules.preprocess.output.info,
     output:
-        f"{OUTDIR}/{{sample}}/associated/{{name}}.ome.tif",
+        image_output(f"{OUTDIR}/{{sample}}/associated/{{name}}.{IMAGE}"),
     log:
         f"{OUTDIR}/logs/associated/{{sample}}/{{name}}.log",
     benchmark:

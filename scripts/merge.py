@@ -5,7 +5,7 @@ from contextlib import ExitStack
 
 import numpy as np
 from regflow.formats import pixel_size_override
-from regflow.io import RegionReader, stacked_blocks, write_ome_tiff_tiled
+from regflow.io import RegionReader, stacked_blocks, write_image_tiled
 from regflow.runlog import stage_log
 
 case = snakemake.wildcards.case
@@ -23,7 +23,7 @@ with stage_log(snakemake.log[0], "merge", case) as log, ExitStack() as stack:
     pixel_size = (
         pixel_size_override(snakemake.params.reference_pixel_size) or reference.pixel_size_um
     )
-    write_ome_tiff_tiled(
+    write_image_tiled(
         snakemake.output[0],
         (len(names), *reference.shape),
         dtype,
@@ -33,5 +33,6 @@ with stage_log(snakemake.log[0], "merge", case) as log, ExitStack() as stack:
         tile=settings["tile"],
         pyramid_min_size=settings["pyramid_min_size"],
         compression=None if settings["compression"] == "none" else settings["compression"],
+        fmt=settings["format"],
     )
     log.info("merged %d image(s), %d channel(s) %s, %s", len(readers), len(names), names, dtype)

@@ -149,7 +149,8 @@ def refine_flow(
     smoothing_sigma : float
         Gaussian smoothing (px) of the field, weighted by :func:`flow_confidence`.
     min_improvement : float
-        NCC gain required to accept the field.
+        NCC gain that accepts the field; a smaller gain is enough when it removes a quarter
+        of the remaining dissimilarity ``1 − NCC`` (near-perfect global alignments).
     overlap : ndarray of bool, optional
         Fixed pixels that the moving image covers. Elsewhere the flow sees the fixed image in
         place of the moving one, so the image border is not mistaken for motion.
@@ -197,14 +198,17 @@ def refine_flow(
     refined = warp_by_displacement(moving_rigid, displacement)
     ncc_final = ncc(fixed, refined, region)
     gain = ncc_final - ncc_rigid
-    if not np.isfinite(ncc_final) or gain < min_improvement:
+    # NCC saturates near 1: a well-aligned but deformed pair cannot gain much in absolute
+    # terms, so a gain that removes a quarter of the remaining dissimilarity also counts.
+    needed = min(min_improvement, 0.25 * (1.0 - ncc_rigid))
+    if not np.isfinite(ncc_final) or gain <= 0 or gain < needed:
         return FlowResult(
             zeros,
             False,
             ncc_rigid,
             ncc_rigid,
             f"refinement rejected: NCC {ncc_rigid:.4f} → {ncc_final:.4f} "
-            f"(gain {gain:+.4f} < {min_improvement})",
+            f"(gain {gain:+.4f} < {needed:.4f})",
         )
     return FlowResult(
         displacement,

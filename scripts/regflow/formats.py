@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import threading
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import numpy as np
 SUPPORTED = (
     "TIFF family (OME-TIFF, Aperio SVS, Hamamatsu NDPI, Leica SCN, Philips TIFF, Ventana BIF, "
     "Akoya QPTIFF, generic tiled/stripped TIFF), Zeiss CZI, OpenSlide formats (3DHISTECH MRXS, "
-    "…), PNG, JPEG"
+    "…), OME-Zarr, PNG, JPEG"
 )
 
 # Length units → micrometres (OME, CZI and TIFF resolution units).
@@ -128,6 +129,11 @@ def detect_format(path: str) -> str:
     ImageReadError
         The file is missing, empty, or not an image of a supported format.
     """
+    if os.path.isdir(path):
+        if _ome_zarr_attributes(path) is not None:
+            return "ome-zarr"
+        raise ImageReadError(path, f"is a folder but not an OME-Zarr image; supported: "
+                             f"{SUPPORTED}", "name the image file itself")  # fmt: skip
     if not os.path.isfile(path):
         raise ImageReadError(path, "not found", "check the path (relative paths start at the "
                              "working directory)")  # fmt: skip
@@ -171,6 +177,7 @@ class Slide:
     """An open image file: its :class:`ImageInfo`, whole levels and regions of any level."""
 
     info: ImageInfo
+    thread_safe = False  # may read_region be called from several threads at once
 
     def level_shape(self, level: int) -> tuple[int, int]:
         return self.info.level_shapes[level]
@@ -346,14 +353,17 @@ class TiffSlide(Slide):
     """TIFF-family files through tifffile, decoding only the tiles or strips a region needs.
 
     Decoded segments are held in a small LRU cache (``cache_bytes``), so neighbouring regions
-    do not decode the same tile twice.
+    do not decode the same tile twice. Regions may be read from several threads at once.
     """
+
+    thread_safe = True
 
     def __init__(self, path: str, cache_bytes: int = 256 * 2**20):
         import tifffile
 
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray | None] = OrderedDict()
         self._cache_bytes, self._cached = cache_bytes, 0
+        self._lock = threading.Lock()
         try:
             self._tif = tifffile.TiffFile(path)
         except Exception as exc:
@@ -466,29 +476,34 @@ class TiffSlide(Slide):
         return _to_cyx(self.info.path, data, series.axes)
 
     def _segment(self, level: int, page_index: int, index: int) -> np.ndarray | None:
+        """One decoded tile/strip. Thread-safe: the file read and the cache are locked, the
+        decoding (imagecodecs releases the GIL) runs in parallel."""
         key = (level, page_index, index)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        page = self._pages[level][page_index]
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            page = self._pages[level][page_index]
+            offset, count = page.dataoffsets[index], page.databytecounts[index]
+            data = None
+            if offset and count:
+                fh = self._tif.filehandle
+                fh.seek(offset)
+                data = fh.read(count)
         keyframe = page.keyframe
-        offset, count = page.dataoffsets[index], page.databytecounts[index]
-        data = None
-        if offset and count:
-            fh = self._tif.filehandle
-            fh.seek(offset)
-            data = fh.read(count)
         try:
             segment, _, _ = keyframe.decode(data, index, jpegtables=keyframe.jpegtables)
         except Exception as exc:
             raise _corrupt(self.info.path, exc, f"level {level} tile {index}: ") from exc
         if segment is not None:
             segment = np.asarray(segment)
-        self._cache[key] = segment
-        self._cached += 0 if segment is None else segment.nbytes
-        while self._cached > self._cache_bytes and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cached -= 0 if old is None else old.nbytes
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = segment
+                self._cached += 0 if segment is None else segment.nbytes
+            while self._cached > self._cache_bytes and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= 0 if old is None else old.nbytes
         return segment
 
     def read_region(self, level: int, rows: slice, cols: slice) -> np.ndarray:
@@ -717,6 +732,98 @@ class OpenSlideSlide(Slide):
         return np.moveaxis(np.rint(rgb).astype(np.uint8), -1, 0)
 
 
+# ---- OME-Zarr (zarr) ------------------------------------------------------------------------
+
+
+def _ome_zarr_attributes(path: str) -> dict | None:
+    """The OME attributes (``multiscales``, ``omero``) of an OME-Zarr folder (NGFF 0.4:
+    ``.zattrs``; 0.5: ``zarr.json`` → ``attributes.ome``), or None."""
+    import json
+
+    for name, keys in ((".zattrs", ()), ("zarr.json", ("attributes", "ome"))):
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            try:
+                with open(file, encoding="utf-8") as handle:
+                    data = json.load(handle)
+            except (OSError, ValueError):
+                return None
+            for key in keys:
+                data = data.get(key, {}) if isinstance(data, dict) else {}
+            if isinstance(data, dict) and data.get("multiscales"):
+                return data
+    return None
+
+
+class ZarrSlide(Slide):
+    """OME-Zarr (NGFF 0.4 or 0.5) through zarr: its multiscale levels, ``omero`` channel
+    labels and the level-0 ``scale`` as the pixel size. Axes other than c, y, x must be
+    singletons."""
+
+    thread_safe = True
+
+    def __init__(self, path: str):
+        try:
+            import zarr
+        except ImportError:
+            raise MissingReaderError(path, "is an OME-Zarr image but zarr is not installed",
+                                     "pip install zarr") from None  # fmt: skip
+        attributes = _ome_zarr_attributes(path)
+        multiscale = attributes["multiscales"][0]
+        axes = [a["name"] if isinstance(a, dict) else a for a in multiscale.get("axes", "cyx")]
+        try:
+            group = zarr.open_group(path, mode="r")
+            self._arrays = [group[d["path"]] for d in multiscale["datasets"]]
+        except Exception as exc:
+            raise _corrupt(path, exc, "the Zarr structure cannot be read: ") from exc
+        shape = dict(zip(axes, self._arrays[0].shape, strict=True))
+        for axis, size in shape.items():
+            if axis not in "cyx" and size != 1:
+                raise ImageReadError(path, f"has {size} planes along {axis}",
+                                     "export a single time point / focal plane")  # fmt: skip
+        self._axes = axes
+        n_channels = shape.get("c", 1)
+        labels = [c.get("label", "") for c in (attributes.get("omero") or {}).get("channels", [])]
+        rgb = bool((attributes.get("omero") or {}).get("rgb")) and n_channels == 3
+        if len(labels) != n_channels or not all(labels):
+            labels = _default_channel_names(n_channels, rgb)
+        pixel_size = None
+        transforms = multiscale["datasets"][0].get("coordinateTransformations", [])
+        scale = next((t["scale"] for t in transforms if t.get("type") == "scale"), None)
+        x_axis = next((a for a in multiscale.get("axes", []) if isinstance(a, dict)
+                       and a.get("name") == "x"), {})  # fmt: skip
+        if scale and x_axis.get("unit"):
+            factor = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3}.get(x_axis["unit"])
+            pixel_size = scale[axes.index("x")] * factor if factor else None
+        self.info = ImageInfo(
+            path=path,
+            shape=(shape["y"], shape["x"]),
+            n_channels=n_channels,
+            dtype=str(self._arrays[0].dtype),
+            channel_names=labels,
+            pixel_size_um=pixel_size,
+            rgb=rgb,
+            level_shapes=[self._level_yx(a) for a in self._arrays],
+            format="ome-zarr",
+            reader="zarr",
+        )
+
+    def _level_yx(self, array) -> tuple[int, int]:
+        shape = dict(zip(self._axes, array.shape, strict=True))
+        return int(shape["y"]), int(shape["x"])
+
+    def read_region(self, level: int, rows: slice, cols: slice) -> np.ndarray:
+        index = tuple(
+            rows if a == "y" else cols if a == "x" else slice(None) if a == "c" else 0
+            for a in self._axes
+        )
+        try:
+            data = np.asarray(self._arrays[level][index])
+        except Exception as exc:
+            raise _corrupt(self.info.path, exc) from exc
+        return data if "c" in self._axes else data[np.newaxis]
+
+
 # ---- PNG / JPEG (Pillow) ------------------------------------------------------------------
 
 
@@ -780,6 +887,8 @@ def open_slide(path: str | os.PathLike) -> Slide:
         return CziSlide(path)
     if kind == "openslide":
         return OpenSlideSlide(path)
+    if kind == "ome-zarr":
+        return ZarrSlide(path)
     return PlainSlide(path, kind)
 
 
@@ -851,6 +960,7 @@ class RegionReader:
         self.level = level
         self.shape = (self.info.n_channels, *self._slide.level_shape(level))
         self.dtype = np.dtype(self.info.dtype)
+        self.thread_safe = self._slide.thread_safe
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
         """Pixels ``[:, rows, cols]`` (slices with explicit, in-range start and stop)."""

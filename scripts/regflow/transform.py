@@ -39,6 +39,24 @@ def inside_image(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> np.nda
     return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
 
 
+def _linear_weights(positions: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """Linear-interpolation weights of ``positions`` on ``n`` samples, edges replicated
+    (scipy's ``mode="nearest"``), as a dense matrix over the samples they touch.
+
+    Returns ``(weights, first)``: ``weights[i, j]`` is the weight of sample ``first + j``.
+    """
+    clipped = np.clip(positions, 0.0, n - 1.0)
+    low = np.floor(clipped).astype(np.int64)
+    frac = clipped - low
+    high = np.minimum(low + 1, n - 1)
+    first = int(low.min())
+    weights = np.zeros((len(positions), int(high.max()) - first + 1))
+    index = np.arange(len(positions))
+    np.add.at(weights, (index, low - first), 1.0 - frac)
+    np.add.at(weights, (index, high - first), frac)
+    return weights, first
+
+
 def apply_matrix(matrix: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
     """Apply a homogeneous 3×3 matrix to ``(n, 2)`` points."""
     points_xy = np.asarray(points_xy, dtype=np.float64)
@@ -127,15 +145,37 @@ class Transform:
     def moving_coordinates(self, rows: slice, cols: slice) -> np.ndarray:
         """Moving-image ``(row, col)`` sampling coordinates for a block of the fixed grid.
 
+        The displacement is bilinearly upsampled for this block only, separably (the grid is
+        axis-aligned with the fixed image), which equals sampling it point by point.
+
         Returns
         -------
         ndarray, shape (2, n_rows, n_cols)
         """
-        yy, xx = np.mgrid[rows, cols]
-        points = np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64)
-        moving = self.fixed_to_moving(points)
-        shape = yy.shape
-        return np.stack([moving[:, 1].reshape(shape), moving[:, 0].reshape(shape)])
+        y = np.arange(rows.start, rows.stop, dtype=np.float64)
+        x = np.arange(cols.start, cols.stop, dtype=np.float64)
+        dx = dy = None
+        to_grid = self.fixed_full_to_working
+        if self.has_displacement and not (to_grid[0, 1] or to_grid[1, 0]):
+            grid_h, grid_w = self.displacement.shape[1:]
+            wy, r0 = _linear_weights(to_grid[1, 1] * y + to_grid[1, 2], grid_h)
+            wx, c0 = _linear_weights(to_grid[0, 0] * x + to_grid[0, 2], grid_w)
+            window = self.displacement[:, r0 : r0 + wy.shape[1], c0 : c0 + wx.shape[1]]
+            dx, dy = (wy @ window[axis].astype(np.float64) @ wx.T for axis in range(2))
+        elif self.has_displacement:  # a general grid: point by point
+            yy, xx = np.meshgrid(y, x, indexing="ij")
+            points = np.stack([xx.ravel(), yy.ravel()], axis=1)
+            shift = self.displacement_at(points)
+            dx, dy = (shift[:, axis].reshape(xx.shape) for axis in range(2))
+        a = self.affine
+        out = np.empty((2, len(y), len(x)))
+        for axis, (cx, cy, c0) in ((1, a[0]), (0, a[1])):  # (row, col) = (my, mx)
+            # A (p + u): the affine part as an outer sum, then the displacement in place
+            np.add.outer(cy * y + c0, cx * x, out=out[axis])
+            if self.has_displacement:
+                out[axis] += cx * dx
+                out[axis] += cy * dy
+        return out
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``transform.npz`` atomically (see the module docstring for the format)."""

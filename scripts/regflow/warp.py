@@ -45,6 +45,8 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 class ArrayRegions:
     """Region access to an in-memory ``(C, Y, X)`` array (the interface of ``io.RegionReader``)."""
 
+    thread_safe = True
+
     def __init__(self, array: np.ndarray):
         self.array, self.shape, self.dtype = array, array.shape, array.dtype
 
@@ -93,11 +95,11 @@ def warp_tile(
     """
     coords = transform.moving_coordinates(rows, cols)
     channels = source.shape[0]
-    out = np.empty((channels, *coords.shape[1:]), dtype=source.dtype)
     # Cubic splines are prefiltered over the window: its edge effect decays as 0.27^distance,
     # so 16 px of margin make the result match the whole-image prefilter to ~1e-9.
     window = _source_window(coords, source.shape[1:], margin=16 if order > 1 else 2)
     if window is None:
+        out = np.empty((channels, *coords.shape[1:]), dtype=source.dtype)
         out[:] = _cast(np.asarray(fill, np.float64)[:, None, None], source.dtype)
         return out
     if lock is None:
@@ -105,20 +107,63 @@ def warp_tile(
     else:
         with lock:
             region = source.read(*window)
-    local = coords - np.array([window[0].start, window[1].start], np.float64)[:, None, None]
     # Coordinates outside the whole image take the fill value; inside, the window holds every
     # neighbour the interpolation needs, so the result equals sampling the whole image.
     outside = ~inside_image(coords[1], coords[0], source.shape)
-    for channel in range(channels):
-        values = ndi.map_coordinates(
-            region[channel].astype(np.float32, copy=False),
-            local,
-            order=order,
-            mode="nearest",
-            prefilter=order > 1,
-        )
-        values[outside] = fill[channel]
-        out[channel] = _cast(values, source.dtype)
+    values = resample(region, coords, order, origin=(window[0].start, window[1].start))
+    if outside.any():
+        values[:, outside] = _cast(np.asarray(fill, np.float64), source.dtype)[:, None]
+    return values
+
+
+# dtypes cv2.remap interpolates natively (others go through float32)
+_CV2_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+
+
+def resample(
+    region: np.ndarray, coords: np.ndarray, order: int = 1, origin: tuple[int, int] = (0, 0)
+) -> np.ndarray:
+    """All channels of ``region`` ``(C, h, w)`` sampled at ``coords`` ``(2, H, W)`` (row, col
+    in the frame where the region starts at ``origin``), edges replicated; same dtype out
+    (rounded and clipped for integers).
+
+    Order 0 (labels, masks) takes the nearest pixel, exactly, for any dtype. Order 1 uses
+    OpenCV's ``remap`` (bilinear, up to four channels at once, the GIL released): within a
+    grey level of scipy's ``map_coordinates``, and the same result whatever the tiling.
+    Higher orders use scipy's splines.
+    """
+    dtype = region.dtype
+    if order == 0:
+        # scipy's rule for order 0: floor(c + 0.5), clamped to the region
+        r = np.clip(np.floor(coords[0] + 0.5).astype(np.intp) - origin[0], 0, region.shape[1] - 1)
+        c = np.clip(np.floor(coords[1] + 0.5).astype(np.intp) - origin[1], 0, region.shape[2] - 1)
+        return region[:, r, c]
+    if order == 1:
+        import cv2
+
+        # Positions on a 1/1024-px grid of the image's frame: relative to the region they are
+        # then exact in float32 (windows < 8192 px), so OpenCV sees the same numbers for a
+        # pixel whatever the tiling; the rounding (≤ 1/2048 px) is far below interpolation.
+        maps = [
+            (np.rint(coords[axis] * 1024.0) / 1024.0 - origin[axis]).astype(np.float32)
+            for axis in (1, 0)
+        ]
+        data = region if dtype.type in _CV2_DTYPES else region.astype(np.float32)
+        interleaved = np.ascontiguousarray(np.moveaxis(data, 0, -1))
+        out = np.empty((region.shape[0], *coords.shape[1:]), dtype)
+        for start in range(0, region.shape[0], 4):  # remap takes at most 4 channels at once
+            part = interleaved[..., start : start + 4]
+            warped = cv2.remap(part, maps[0], maps[1], cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+            warped = np.moveaxis(warped.reshape(*coords.shape[1:], -1), -1, 0)
+            out[start : start + 4] = warped if warped.dtype == dtype else _cast(warped, dtype)
+        return out
+    local = coords - np.array(origin, np.float64)[:, None, None]
+    out = np.empty((region.shape[0], *coords.shape[1:]), dtype)
+    for channel in range(region.shape[0]):
+        values = ndi.map_coordinates(region[channel].astype(np.float32, copy=False), local,
+                                     order=order, mode="nearest", prefilter=True)  # fmt: skip
+        out[channel] = _cast(values, dtype)
     return out
 
 
@@ -145,7 +190,8 @@ def warp_blocks(
     if fill is None:
         fill = np.zeros(source.shape[0])
     blocks = list(tiles(transform.fixed_shape, tile))
-    lock = threading.Lock()
+    # serialise reads only from sources that are not thread-safe
+    lock = None if getattr(source, "thread_safe", False) else threading.Lock()
 
     def work(block: tuple[slice, slice]) -> tuple[int, int, np.ndarray]:
         rows, cols = block
@@ -155,6 +201,9 @@ def warp_blocks(
     if threads <= 1:
         yield from map(work, blocks)
         return
+    import cv2
+
+    cv2.setNumThreads(1)  # the tiles are the parallel unit: no nested thread pools
     with ThreadPoolExecutor(max_workers=threads) as pool:
         # Bounded look-ahead keeps at most ~2 tiles per thread in flight.
         pending = []
@@ -212,11 +261,11 @@ def warp_file(
     ----------
     settings : dict
         The ``warp`` config section (``tile``, ``order``, ``fill``, ``pyramid_min_size``,
-        ``compression``).
+        ``compression``, ``format``: ``ome-tiff`` or ``ome-zarr``).
     order : int, optional
         Interpolation order; default 0 for label/mask images, else ``settings["order"]``.
     """
-    from .io import RegionReader, read_image, write_ome_tiff_tiled
+    from .io import RegionReader, read_image, write_image_tiled
 
     with RegionReader(source_path, level=0) as source:
         info = source.info
@@ -231,7 +280,7 @@ def warp_file(
             fill = np.zeros(source.shape[0])
         blocks = warp_blocks(source, transform, fill=fill, tile=settings["tile"], order=order,
                              threads=threads)  # fmt: skip
-        write_ome_tiff_tiled(
+        write_image_tiled(
             output_path,
             (n_channels, *transform.fixed_shape),
             source.dtype,
@@ -242,6 +291,8 @@ def warp_file(
             tile=settings["tile"],
             pyramid_min_size=settings["pyramid_min_size"],
             compression=None if settings["compression"] == "none" else settings["compression"],
+            threads=threads,
+            fmt=settings.get("format", "ome-tiff"),
         )
     return {
         "channels": info.channel_names[:n_channels],
