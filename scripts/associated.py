@@ -4,9 +4,10 @@ another scan) warped with the sample's transform onto the fixed grid."""
 from regflow.formats import pixel_size_override, read_info
 from regflow.runlog import read_json, stage_log
 from regflow.transform import Transform
-from regflow.warp import associated_scale, associated_transform, warp_file
+from regflow.warp import associated_scale, associated_transform, reuse_freed_memory, warp_file
 
 sample = snakemake.wildcards.sample
+reuse_freed_memory()
 
 with stage_log(snakemake.log[0], "associated", sample) as log:
     moving_info = read_json(snakemake.input.info)["moving"]

@@ -7,9 +7,10 @@ the job's memory does not grow with the slide size.
 from regflow.formats import pixel_size_override, read_info
 from regflow.runlog import read_json, stage_log
 from regflow.transform import Transform
-from regflow.warp import warp_file
+from regflow.warp import reuse_freed_memory, warp_file
 
 sample = snakemake.wildcards.sample
+reuse_freed_memory()
 
 with stage_log(snakemake.log[0], "warp", sample) as log:
     moving_info = read_json(snakemake.input.info)["moving"]

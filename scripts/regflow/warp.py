@@ -9,9 +9,9 @@ tile layout.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -201,18 +201,51 @@ def warp_blocks(
     if threads <= 1:
         yield from map(work, blocks)
         return
-    import cv2
+    # One producer thread computes tiles ahead (numpy and OpenCV, mostly single-core work)
+    # while the consumer — the writer, compressing in its own threads without the GIL —
+    # takes them: computing and encoding overlap on the two cores. (Several producer
+    # threads gain nothing: the per-tile numpy work contends for the GIL.)
+    results: queue.Queue = queue.Queue(maxsize=4 * threads)
+    stop = threading.Event()
 
-    cv2.setNumThreads(1)  # the tiles are the parallel unit: no nested thread pools
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        # Bounded look-ahead keeps at most ~2 tiles per thread in flight.
-        pending = []
-        for block in blocks:
-            pending.append(pool.submit(work, block))
-            if len(pending) >= 2 * threads:
-                yield pending.pop(0).result()
-        for future in pending:
-            yield future.result()
+    def produce() -> None:
+        try:
+            for block in blocks:
+                if stop.is_set():
+                    return
+                results.put(work(block))
+        except BaseException as error:  # handed to the consumer
+            results.put(error)
+        results.put(None)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    try:
+        while (item := results.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while producer.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                results.get_nowait()
+            except queue.Empty:
+                producer.join(0.01)
+
+
+def reuse_freed_memory() -> None:
+    """Keep freed large arrays in the process heap instead of returning them to the system
+    (glibc ``mallopt``): a warp allocates and frees megabyte arrays per tile, and mapping
+    fresh pages for each cost as much as the arithmetic. No effect elsewhere than glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 256 * 2**20)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 512 * 2**20)  # M_TRIM_THRESHOLD
 
 
 def warp_image(
