@@ -510,14 +510,22 @@ class TiffSlide(Slide):
         height, width = self.level_shape(level)
         r0, r1, c0, c1 = rows.start, rows.stop, cols.start, cols.stop
         dtype = np.dtype(self.info.dtype)
-        out = np.zeros((len(self._channels), r1 - r0, c1 - c0), dtype)
         keyframe = self._pages[level][0].keyframe
         if keyframe.is_tiled:
             seg_h, seg_w = keyframe.tilelength, keyframe.tilewidth
         else:
             seg_h, seg_w = keyframe.rowsperstrip, width
         per_row = -(-width // seg_w)
-        for channel, (page_index, sample) in enumerate(self._channels):
+        interleaved = self._channels[0][1] != self._channels[-1][1]  # samples of one page
+        if interleaved:
+            # copy whole pixels (all samples at once) and hand out a (C, h, w) view
+            buffer = np.zeros((r1 - r0, c1 - c0, len(self._channels)), dtype)
+            out = np.moveaxis(buffer, -1, 0)
+            channels = [(None, (0, None))]
+        else:
+            out = np.zeros((len(self._channels), r1 - r0, c1 - c0), dtype)
+            channels = list(enumerate(self._channels))
+        for channel, (page_index, sample) in channels:
             for sy in range(r0 // seg_h, (r1 - 1) // seg_h + 1):
                 for sx in range(c0 // seg_w, (c1 - 1) // seg_w + 1):
                     segment = self._segment(level, page_index, sy * per_row + sx)
@@ -525,14 +533,18 @@ class TiffSlide(Slide):
                         continue
                     # normalised shape: (separate samples, depth, length, width, contig samples)
                     block = segment.reshape(segment.shape[-3:]) if segment.ndim > 3 else segment
-                    block = block[..., sample] if block.ndim == 3 else block
+                    if sample is not None and block.ndim == 3:
+                        block = block[..., sample]
                     y0, x0 = sy * seg_h, sx * seg_w
                     ys, ye = max(r0, y0), min(r1, y0 + block.shape[0], height)
                     xs, xe = max(c0, x0), min(c1, x0 + block.shape[1], width)
-                    if ye > ys and xe > xs:
-                        out[channel, ys - r0 : ye - r0, xs - c0 : xe - c0] = block[
-                            ys - y0 : ye - y0, xs - x0 : xe - x0
-                        ]
+                    if ye <= ys or xe <= xs:
+                        continue
+                    part = block[ys - y0 : ye - y0, xs - x0 : xe - x0]
+                    if channel is None:
+                        buffer[ys - r0 : ye - r0, xs - c0 : xe - c0] = part[..., : buffer.shape[2]]
+                    else:
+                        out[channel, ys - r0 : ye - r0, xs - c0 : xe - c0] = part
         return out
 
 

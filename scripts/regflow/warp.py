@@ -149,10 +149,17 @@ def resample(
             for axis in (1, 0)
         ]
         data = region if dtype.type in _CV2_DTYPES else region.astype(np.float32)
+        # OpenCV wants interleaved channels: a (C, h, w) view of an interleaved buffer (as
+        # RGB tiles are read) costs no copy, and up to four channels come back as one
         interleaved = np.ascontiguousarray(np.moveaxis(data, 0, -1))
+        if region.shape[0] <= 4:
+            warped = cv2.remap(interleaved, maps[0], maps[1], cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+            warped = np.moveaxis(warped.reshape(*coords.shape[1:], -1), -1, 0)
+            return warped if warped.dtype == dtype else _cast(warped, dtype)
         out = np.empty((region.shape[0], *coords.shape[1:]), dtype)
         for start in range(0, region.shape[0], 4):  # remap takes at most 4 channels at once
-            part = interleaved[..., start : start + 4]
+            part = np.ascontiguousarray(interleaved[..., start : start + 4])
             warped = cv2.remap(part, maps[0], maps[1], cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
             warped = np.moveaxis(warped.reshape(*coords.shape[1:], -1), -1, 0)
