@@ -155,16 +155,18 @@ def resample(
         if region.shape[0] <= 4:
             warped = cv2.remap(interleaved, maps[0], maps[1], cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-            warped = np.moveaxis(warped.reshape(*coords.shape[1:], -1), -1, 0)
-            return warped if warped.dtype == dtype else _cast(warped, dtype)
-        out = np.empty((region.shape[0], *coords.shape[1:]), dtype)
-        for start in range(0, region.shape[0], 4):  # remap takes at most 4 channels at once
-            part = np.ascontiguousarray(interleaved[..., start : start + 4])
-            warped = cv2.remap(part, maps[0], maps[1], cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-            warped = np.moveaxis(warped.reshape(*coords.shape[1:], -1), -1, 0)
-            out[start : start + 4] = warped if warped.dtype == dtype else _cast(warped, dtype)
-        return out
+            result = np.moveaxis(warped.reshape(*coords.shape[1:], -1), -1, 0)
+        else:
+            result = np.empty((region.shape[0], *coords.shape[1:]), data.dtype)
+            for start in range(0, region.shape[0], 4):  # remap takes at most 4 channels
+                part = np.ascontiguousarray(interleaved[..., start : start + 4])
+                warped = cv2.remap(part, maps[0], maps[1], cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+                result[start : start + 4] = np.moveaxis(
+                    warped.reshape(*coords.shape[1:], -1), -1, 0
+                )
+        # integers computed in their own type come back rounded; floats lose NaN/Inf
+        return result if result.dtype == dtype and dtype.kind != "f" else _cast(result, dtype)
     local = coords - np.array(origin, np.float64)[:, None, None]
     out = np.empty((region.shape[0], *coords.shape[1:]), dtype)
     for channel in range(region.shape[0]):
