@@ -23,7 +23,16 @@ rule qc:
         runtime=15,
     params:
         section=config["qc"],
-        code=library_hash("qc", "metrics", "rigid", "transform", "points", "runlog"),
+        code=library_hash(
+            "qc",
+            "review",
+            "metrics",
+            "rigid",
+            "transform",
+            "points",
+            "annotations",
+            "runlog",
+        ),
     script:
         "../scripts/qc.py"
 

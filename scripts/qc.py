@@ -7,6 +7,7 @@ from regflow.qc import (
     decide_status,
     landmark_errors,
     qc_figure,
+    review_registration,
     similarity_by_stage,
     stage_transforms,
 )
@@ -56,6 +57,23 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
     )
     pixel_size = preprocess_info["moving"]["pixel_size_um"]
     translation = np.asarray(rigid["translation_px"])
+    review = review_registration(
+        fixed,
+        moving,
+        transform,
+        similarity,
+        landmarks,
+        fixed_points,
+        mapped["final"] if mapped else None,
+        pixel_ratio=(
+            pixel_size / preprocess_info["fixed"]["pixel_size_um"]
+            if pixel_size and preprocess_info["fixed"]["pixel_size_um"]
+            else None
+        ),
+        flow_accepted=flow["accepted"],
+        rotation_deg=rigid["rotation_deg"],
+        thresholds={k: v for k, v in settings.items() if k != "min_ncc"},
+    )
     metrics = {
         "sample": sample,
         "status": status,
@@ -75,6 +93,7 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         }
         | {"displacement_mean_relative": flow["displacement_mean_px"] / diagonal},
         "landmarks": landmarks,
+        "review": review,
         # What was read: format, reader, full-resolution shape and pixel size of each image.
         "images": {
             role: {
@@ -103,6 +122,8 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         fixed_landmarks=fixed_points,
         annotations=annotation_outlines,
     )
+    for item in review["flags"]:
+        log.warning("flag %s: %s", item["flag"], item["reason"])
     log.info(
         "status %s; NCC %.3f → %.3f → %.3f%s",
         status,

@@ -183,7 +183,12 @@ def refine_flow(
         moving_in = local_normalise(moving_in, normalise_sigma * factor)
     displacement = estimate_displacement(fixed_in, moving_in, method, **solver_options)
     if smoothing_sigma > 0:
-        confidence = flow_confidence(fixed_in, solver_options.get("ilk_radius", 7))
+        # a vector is determined only where *both* images have structure: a blank area of the
+        # moving image (outside its tissue, a rendered corner) must borrow from neighbours
+        radius = solver_options.get("ilk_radius", 7)
+        confidence = np.minimum(
+            flow_confidence(fixed_in, radius), flow_confidence(moving_in, radius)
+        )
         displacement = regularise(displacement, confidence, smoothing_sigma * factor)
     if factor < 1.0:
         # back to the working grid, in working pixels (per-axis size ratio)

@@ -37,7 +37,10 @@ SUMMARY_COLUMNS = [
     "rotation_deg",
     "scale",
     "seconds",
+    "evidence",
     "flags",
+    "flag_reasons",
+    "info",
     "reason",
 ]
 
@@ -80,6 +83,18 @@ def stage_transforms(transform: Transform) -> dict[str, Transform]:
     }
 
 
+def warp_working(
+    fixed: WorkingImage, moving: WorkingImage, transform: Transform
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The moving working image on the fixed working grid under ``transform``: its pixels,
+    its tissue mask and its footprint (where it has pixels)."""
+    coords = _moving_coordinates(fixed, moving, transform)
+    image = _sample(moving.image, coords, fixed.image.shape)
+    mask = _sample(moving.tissue_mask, coords, fixed.image.shape) > 0.5
+    footprint = inside_image(coords[1], coords[0], moving.image.shape).reshape(fixed.image.shape)
+    return image, mask, footprint
+
+
 def similarity_by_stage(
     fixed: WorkingImage, moving: WorkingImage, transforms: dict[str, Transform]
 ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
@@ -94,14 +109,9 @@ def similarity_by_stage(
     """
     metrics, warped = {}, {}
     for stage, transform in transforms.items():
-        coords = _moving_coordinates(fixed, moving, transform)
-        image = _sample(moving.image, coords, fixed.image.shape)
-        mask = _sample(moving.tissue_mask, coords, fixed.image.shape)
-        # Where the moving image has pixels.
-        footprint = inside_image(coords[1], coords[0], moving.image.shape)
-        footprint = footprint.reshape(fixed.image.shape)
+        image, mask, footprint = warp_working(fixed, moving, transform)
         # Tissue of either image, where both images have pixels.
-        region = (fixed.tissue_mask | (mask > 0.5)) & footprint
+        region = (fixed.tissue_mask | mask) & footprint
         metrics[stage] = {
             "ncc": ncc(fixed.image, image, region),
             "nmi": nmi(fixed.image, image, region),
@@ -392,36 +402,15 @@ def summary_row(metrics: dict) -> dict:
     row["rotation_deg"] = rigid.get("rotation_deg")
     row["scale"] = rigid.get("scale")
     row["seconds"] = sum(v for v in (metrics.get("seconds") or {}).values() if v)
-    deformation = (metrics.get("flow") or {}).get("displacement_mean_relative")
-    row["flags"] = ";".join(outlier_flags(row, deformation))
+    review = metrics.get("review") or {}
+    row["evidence"] = ((review.get("measures") or {}).get("evidence") or {}).get("evidence")
+    flags = list(review.get("flags") or [])
+    if metrics["status"] == "failed":
+        flags.insert(0, {"flag": "failed", "reason": metrics.get("reason", "")})
+    row["flags"] = ";".join(f["flag"] for f in flags)
+    row["flag_reasons"] = " | ".join(f"{f['flag']}: {f['reason']}" for f in flags)
+    row["info"] = "; ".join(review.get("info") or [])
     return row
-
-
-def outlier_flags(row: dict, deformation: float | None = None) -> list[str]:
-    """Reasons a sample deserves a look, for the cohort view.
-
-    ``deformation`` is the mean non-rigid displacement over the image diagonal: a refinement
-    that has to move tissue by more than 1 % of the slide on average usually compensates a
-    wrong global alignment rather than real section deformation.
-    """
-    flags = []
-    if deformation is not None and deformation > 0.01:
-        flags.append("large_deformation")
-    if row["status"] != "ok":
-        flags.append(row["status"])
-    if row.get("ncc_final") is not None and row.get("ncc_initial") is not None:
-        if row["ncc_final"] < row["ncc_initial"]:
-            flags.append("similarity_decreased")
-        if row["ncc_final"] < 0.2:
-            flags.append("low_similarity")
-    if row.get("rtre_final") is not None and row.get("rtre_initial") is not None:
-        if row["rtre_final"] > row["rtre_initial"]:
-            flags.append("landmarks_worse")
-    if row.get("rotation_deg") is not None and abs(row["rotation_deg"]) > 30:
-        flags.append("large_rotation")
-    if row.get("scale") is not None and abs(np.log(row["scale"])) > np.log(1.1):
-        flags.append("large_scale_change")
-    return flags
 
 
 def _summary_frame(rows: list[dict]) -> pd.DataFrame:
@@ -437,49 +426,79 @@ def summary_table(all_metrics: list[dict]) -> pd.DataFrame:
     return _summary_frame([summary_row(m) for m in all_metrics])
 
 
-def summary_figure(path: str, table: pd.DataFrame) -> None:
-    """Cohort view: similarity and rTRE before → after per sample, flagged samples in red."""
+def _severity(table: pd.DataFrame) -> pd.Series:
+    """Sort key, worst first: failed, then by number of flags, then weakest evidence."""
+    flags = table["flags"].fillna("").astype(str)
+    count = flags.map(lambda text: len([f for f in text.split(";") if f]))
+    evidence = pd.to_numeric(table.get("evidence"), errors="coerce").fillna(np.inf)
+    return (table["status"] == "failed") * 1e6 + count * 1e3 - np.minimum(evidence, 999)
+
+
+def summary_figure(path: str, table: pd.DataFrame, max_listed: int = 30) -> plt.Figure:
+    """Cohort view of any size: distributions of the final similarity, landmark error and
+    alignment evidence (every registration a dot, flagged ones red), and the flagged ones by
+    name, worst first, with their reasons. Returns the (closed) figure."""
     n = len(table)
-    height = max(3.5, 0.45 * n + 1.8)
-    fig, axes = plt.subplots(1, 2, figsize=(16, height), dpi=90, layout="constrained")
-    order = table.iloc[::-1]
-    y = np.arange(n)
-    flagged = order["flags"].fillna("").astype(str) != ""
-    label_colours = ["#cf222e" if f else "black" for f in flagged]
+    severity = _severity(table)
+    flagged = table.loc[severity.sort_values(ascending=False).index]
+    flagged = flagged[flagged["flags"].fillna("").astype(str) != ""]
+    fig = plt.figure(figsize=(18, 11), dpi=90, layout="constrained")
+    grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.25])
+    red = table["flags"].fillna("").astype(str) != ""
     panels = (
-        ("ncc", "NCC on tissue mask (higher is better)", False),
-        ("rtre", "median rTRE (lower is better)", True),
+        ("ncc_final", "final NCC on the tissue (higher is better)", False),
+        ("rtre_final", "final median rTRE (lower is better)", True),
+        ("evidence", "alignment evidence (≥ 9: a real match)", True),
     )
-    for ax, (prefix, title, log_scale) in zip(axes, panels, strict=True):
-        start = pd.to_numeric(order[f"{prefix}_initial"], errors="coerce").to_numpy()
-        middle = pd.to_numeric(order[f"{prefix}_rigid"], errors="coerce").to_numpy()
-        end = pd.to_numeric(order[f"{prefix}_final"], errors="coerce").to_numpy()
-        for yi, a, b in zip(y, start, end, strict=True):
-            if np.isfinite(a) and np.isfinite(b):
-                ax.annotate(
-                    "", xy=(b, yi), xytext=(a, yi), arrowprops={"arrowstyle": "->", "color": "#888"}
-                )
-        ax.scatter(start, y, color="#999999", label="initial", zorder=3)
-        ax.scatter(middle, y, color="#4e79a7", marker="s", label="rigid", zorder=3)
-        ax.scatter(end, y, color="#1a7f37", marker="D", label="final", zorder=3)
-        ax.set_yticks(y)
-        ax.set_yticklabels(
-            [f"{s} [{st}]" for s, st in zip(order["sample"], order["status"], strict=True)]
-        )
-        for tick, colour in zip(ax.get_yticklabels(), label_colours, strict=True):
-            tick.set_color(colour)
+    rng = np.random.default_rng(0)
+    for column, (key, title, log_scale) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, column])
+        values = pd.to_numeric(table.get(key), errors="coerce").to_numpy(np.float64)
+        ok = np.isfinite(values) & (values > 0 if log_scale else True)
+        if not ok.any():
+            ax.text(0.5, 0.5, "not measured in this cohort", ha="center",
+                    transform=ax.transAxes)  # fmt: skip
+            ax.set_title(title)
+            ax.set_yticks([])
+            continue
+        jitter = rng.uniform(-0.3, 0.3, n)
+        ax.scatter(values[ok & ~red], jitter[ok & ~red], s=18, color="#1a7f37", alpha=0.7,
+                   label="no flag")  # fmt: skip
+        ax.scatter(values[ok & red], jitter[ok & red], s=30, color="#cf222e", label="flagged")
+        if log_scale:
+            ax.set_xscale("log")
+        if key == "evidence":
+            ax.axvline(9, color="#888", linestyle="--", linewidth=1)
+        if n <= 12:  # few enough to name every dot
+            for value, y, name in zip(values[ok], jitter[ok], table["sample"][ok], strict=True):
+                ax.annotate(str(name), (value, y), fontsize=8, xytext=(3, 3),
+                            textcoords="offset points")  # fmt: skip
+        ax.set_ylim(-1, 1)
+        ax.set_yticks([])
         ax.set_title(title)
         ax.grid(axis="x", alpha=0.3)
-        if log_scale and np.isfinite(np.concatenate([start, end])).any():
-            ax.set_xscale("log")
-        if not np.isfinite(np.concatenate([start, end])).any():
-            ax.text(0.5, 0.5, "no landmarks in this cohort", ha="center", transform=ax.transAxes)
-        ax.legend(loc="lower right", fontsize=9)
-    n_flagged = int(flagged.sum())
-    fig.suptitle(
-        f"regflow cohort: {n} sample(s); {n_flagged} flagged for review (red)", fontsize=14
-    )
+        ax.legend(loc="upper right", fontsize=9)
+    text_ax = fig.add_subplot(grid[1, :])
+    text_ax.axis("off")
+    lines = [f"{len(flagged)} of {n} flagged for review, worst first:" if len(flagged)
+             else f"no registration of the {n} is flagged"]  # fmt: skip
+    for row in flagged.head(max_listed).itertuples():
+        reasons = _wrap(str(row.flag_reasons), 150).replace("\n        ", "\n    ")
+        lines.append(f"{row.sample} [{row.status}]  {reasons}")
+    if len(flagged) > max_listed:
+        lines.append(f"… and {len(flagged) - max_listed} more: see summary.tsv (flags, "
+                     "flag_reasons)")  # fmt: skip
+    text_ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace",
+                 fontsize=10, color="#cf222e" if len(flagged) else "#1a7f37",
+                 transform=text_ax.transAxes)  # fmt: skip
+    counts = table["status"].value_counts().to_dict()
+    summary = ", ".join(f"{counts[k]} {label}" for k, label in
+                        (("ok", "refined"), ("rigid_only", "global only"), ("failed", "failed"))
+                        if k in counts)  # fmt: skip
+    fig.suptitle(f"regflow cohort: {n} registration(s) — {summary}; {len(flagged)} flagged",
+                 fontsize=15)  # fmt: skip
     _save_figure(fig, path)
+    return fig
 
 
 FAILURE_PREFIX = "FAILED "
@@ -576,3 +595,65 @@ def case_figure(
         fontsize=13,
     )
     _save_figure(fig, path)
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0], mask.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1], mask.shape[1] - 1)
+    return mask[rows.astype(int)[:, None], cols.astype(int)[None, :]]
+
+
+def review_registration(
+    fixed: WorkingImage,
+    moving: WorkingImage,
+    transform: Transform,
+    similarity: dict,
+    landmarks: dict | None = None,
+    fixed_points: np.ndarray | None = None,
+    mapped_final: np.ndarray | None = None,
+    pixel_ratio: float | None = None,
+    flow_accepted: bool = True,
+    rotation_deg: float | None = None,
+    thresholds: dict | None = None,
+) -> dict:
+    """Everything :func:`regflow.review.review` needs, measured; returns ``{"flags",
+    "info", "measures"}`` for metrics.json. ``pixel_ratio``: moving / fixed pixel size when
+    both are known."""
+    from .review import affine_shape, alignment_evidence, field_regularity, review, tissue_overlap
+
+    image, mask, footprint = warp_working(fixed, moving, transform)
+    region = (fixed.tissue_mask | mask) & footprint
+    # Structure at a middle scale (smoothed over 0.4 % of the image, normalised over 3.2 %):
+    # finer, the non-rigid refinement can fit unrelated textures; coarser, little is left.
+    size = max(fixed.image.shape)
+    smooth = (ndi.gaussian_filter(im, max(0.5, 0.004 * size)) for im in (fixed.image, image))
+    to_grid = transform.fixed_full_to_working
+    both_tissue = fixed.tissue_mask & mask & footprint
+    field_grid = transform.displacement.shape[1:]
+    if both_tissue.shape != field_grid:  # the field's own (coarser) grid
+        both_tissue = _resize_mask(both_tissue, field_grid)
+    spacing = (1 / to_grid[1, 1], 1 / to_grid[0, 0])
+    measures = {
+        "evidence": alignment_evidence(*smooth, region, max(1.0, 0.032 * size)),
+        "overlap": tissue_overlap(fixed.tissue_mask, mask, footprint),
+        "field": field_regularity(
+            transform.displacement, spacing, both_tissue, (thresholds or {}).get("max_jump", 0.5)
+        ),
+        "shape": affine_shape(transform.affine, pixel_ratio or 1.0),
+        "ncc_initial": similarity["initial"]["ncc"],
+        "ncc_final": similarity["final"]["ncc"],
+        "pixel_sizes_known": pixel_ratio is not None,
+        "flow_accepted": flow_accepted,
+        "rotation_deg": rotation_deg,
+    }
+    if landmarks:
+        measures["rtre_initial"] = (landmarks.get("initial") or {}).get("rtre_median")
+        measures["rtre_final"] = (landmarks.get("final") or {}).get("rtre_median")
+    if fixed_points is not None and mapped_final is not None:
+        n = min(len(fixed_points), len(mapped_final))
+        onto = transform.fixed_to_moving(fixed_points[:n])
+        inside = inside_image(onto[:, 0], onto[:, 1], transform.moving_shape)
+        lost = ~np.isfinite(mapped_final[:n]).all(axis=1)
+        measures["unmapped_inside"] = int((inside & lost).sum())
+    flags, info = review(measures, thresholds)
+    return {"flags": flags, "info": info, "measures": measures}
