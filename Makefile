@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CORES  ?= all
 EXAMPLE_STAMP := example/data/.complete
 
-.PHONY: run test test-slurm test-unit test-workflow example lint format report bench clean
+.PHONY: run test test-slurm test-report test-unit test-workflow example lint format report bench clean
 
 # The environment alone (idempotent): reinstalls only when pyproject.toml changes.
 $(VENV): $(STAMP)
@@ -30,7 +30,12 @@ report: run
 	$(BIN)/snakemake --cores 1 --report report.html
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slurm"
+	$(BIN)/python -m pytest -m "not slurm and not report"
+
+# The HTML report in a real browser: Debian's chromium, installed when missing (root).
+test-report: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	$(BIN)/python -m pytest -m report -rs
 
 # A real single-node SLURM (Debian packages, started by tests/slurm/start-cluster.sh; root).
 # The cluster is stopped (and its configuration removed) afterwards, pass or fail.
