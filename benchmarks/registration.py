@@ -157,18 +157,46 @@ def rtre(points: np.ndarray, reference: np.ndarray, diagonal: float) -> tuple[fl
     return float(np.median(tre)), float(np.max(tre))
 
 
-def benchmark_pairs(pairs_csv: Path, max_size: int, elastix: bool) -> pd.DataFrame:
+def affine_oracle(moving_points: np.ndarray, fixed_points: np.ndarray) -> np.ndarray:
+    """The best affine map of the moving landmarks onto the fixed ones (least squares): what
+    no global transform can beat."""
+    n = min(len(moving_points), len(fixed_points))
+    design = np.column_stack([moving_points[:n], np.ones(n)])
+    solution, *_ = np.linalg.lstsq(design, fixed_points[:n], rcond=None)
+    return design @ solution
+
+
+def mirrored_copy(path: str, points: np.ndarray, folder: Path) -> tuple[str, np.ndarray]:
+    """The moving image flipped left–right (a slide mounted face down) and its landmarks."""
+    image = read_image(path)
+    flipped = np.ascontiguousarray(image[:, :, ::-1])
+    info = read_info(path)
+    target = folder / f"{Path(path).stem}_mirrored.ome.tif"
+    write_ome_tiff(target, flipped, info.channel_names, info.pixel_size_um, rgb=info.rgb)
+    mirrored = points.copy()
+    mirrored[:, 0] = image.shape[2] - 1 - mirrored[:, 0]
+    return str(target), mirrored
+
+
+def benchmark_pairs(
+    pairs_csv: Path, max_size: int, elastix: bool, mirrored: bool = False
+) -> pd.DataFrame:
+    import tempfile
+
     base = pairs_csv.resolve().parent
     pairs = pd.read_csv(pairs_csv)
     rows = []
+    scratch = Path(tempfile.mkdtemp(prefix="regflow-mirrored-"))
     for _, pair in pairs.iterrows():
         fixed_path = str(base / pair["Target image"])
         moving_path = str(base / pair["Source image"])
         fixed_points = read_points(base / pair["Target landmarks"])
         moving_points = read_points(base / pair["Source landmarks"])
+        if mirrored:
+            moving_path, moving_points = mirrored_copy(moving_path, moving_points, scratch)
         info = read_info(fixed_path)
         diagonal = float(np.hypot(*info.shape))
-        name = Path(pair["Source image"]).stem
+        name = Path(pair["Source image"]).stem + (" (mirrored)" if mirrored else "")
 
         def add(method, points, seconds, name=name, fixed_points=fixed_points, diagonal=diagonal):
             median, worst = rtre(points, fixed_points, diagonal)
@@ -183,6 +211,7 @@ def benchmark_pairs(pairs_csv: Path, max_size: int, elastix: bool) -> pd.DataFra
             )
 
         add("unregistered", moving_points, 0.0)
+        add("affine oracle", affine_oracle(moving_points, fixed_points), 0.0)
         start = time.perf_counter()
         naive = naive_recipe(fixed_path, moving_path)
         add("naive", naive.moving_to_fixed(moving_points), time.perf_counter() - start)
@@ -195,6 +224,8 @@ def benchmark_pairs(pairs_csv: Path, max_size: int, elastix: bool) -> pd.DataFra
             sum(result.seconds[k] for k in ("preprocess", "rigid")),
         )
         add("regflow final", result.transform.moving_to_fixed(moving_points), seconds)
+        rows[-1]["found_mirrored"] = result.rigid.mirrored
+        rows[-1]["stages"] = " ".join(f"{k} {v:.2f}" for k, v in result.seconds.items())
         if elastix:
             start = time.perf_counter()
             mapped = elastix_recipe(fixed_path, moving_path, moving_points)
@@ -289,6 +320,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=Path, required=True, help="BIRL-style pairs CSV")
     parser.add_argument("--max-size", type=int, default=1024)
     parser.add_argument("--no-generated", action="store_true")
+    parser.add_argument(
+        "--mirrored", action="store_true", help="also every pair, moving image flipped"
+    )
     parser.add_argument("--workflow", type=Path, default=None, help="also time the workflow here")
     args = parser.parse_args()
     pd.set_option("display.width", 160)
@@ -298,6 +332,8 @@ def main() -> None:
     if not elastix:
         print("itk-elastix not installed: no elastix rows (pip install -e '.[bench]')")
     table = benchmark_pairs(args.pairs, args.max_size, elastix)
+    if args.mirrored:
+        table = pd.concat([table, benchmark_pairs(args.pairs, args.max_size, elastix, True)])
     print("\n## Real / artificial pairs (rTRE = TRE / target diagonal)\n")
     print(
         table.to_markdown(index=False, floatfmt=".4f")
