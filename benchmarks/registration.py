@@ -289,6 +289,7 @@ def benchmark_generated(size: int = 1000) -> pd.DataFrame:
                         "tre_median_px": float(np.nanmedian(tre)),
                         "unmapped": int(np.isnan(tre).sum()),
                         "seconds": seconds,
+                        "found_mirrored": result.rigid.mirrored,
                     }
                 )
     return pd.DataFrame(rows)

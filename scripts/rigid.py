@@ -22,6 +22,7 @@ with stage_log(snakemake.log[0], "rigid", sample) as log:
         refine_size=settings["refine_size"],
         coarse_angle_step=settings["coarse_angle_step"],
         allow_mirror=settings["allow_mirror"],
+        mirror_ratio=settings["mirror_ratio"],
         max_scale_change=settings["max_scale_change"],
         local_contrast=settings["local_contrast"],
     )

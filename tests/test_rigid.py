@@ -71,14 +71,21 @@ def test_fourier_mellin_angle_modulo_180_and_scale(ihc_small):
     assert scale == pytest.approx(1.08, rel=0.02)
 
 
-def test_mirrored_section_found_only_when_allowed(ihc_small):
+def test_mirrored_section_found_by_default_and_never_on_an_unmirrored_one(ihc_small):
     fixed = preprocess(ihc_small, "brightfield", "hematoxylin", True, 1.0)
     mirrored = ihc_small[:, :, ::-1].copy()
     moving = preprocess(mirrored, "brightfield", "hematoxylin", True, 1.0)
-    result = register_rigid(
-        fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask, allow_mirror=True
-    )
+    result = register_rigid(fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask)
     assert result.mirrored
+    assert {c["mirror"] for c in result.candidates} == {False, True}  # both were verified
+    off = register_rigid(
+        fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask, allow_mirror=False
+    )
+    assert not off.mirrored
+    rotated = preprocess(np.rot90(ihc_small, 1, axes=(1, 2)).copy(), "brightfield",
+                         "hematoxylin", True, 1.0)  # fmt: skip
+    plain = register_rigid(fixed.image, rotated.image, fixed.tissue_mask, rotated.tissue_mask)
+    assert not plain.mirrored and abs(abs(plain.rotation_deg) - 90) < 1
     # x → 255 − x maps fixed to moving exactly.
     points = np.array([[40.0, 50.0], [200.0, 120.0]])
     expected = np.stack([255.0 - points[:, 0], points[:, 1]], axis=1)
