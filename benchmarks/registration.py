@@ -178,6 +178,20 @@ def mirrored_copy(path: str, points: np.ndarray, folder: Path) -> tuple[str, np.
     return str(target), mirrored
 
 
+def review_flags(result, truth_fixed=None, truth_moving=None) -> str:
+    """The QC review's flags for an in-process registration (as the qc rule computes them)."""
+    from regflow.qc import WorkingImage, review_registration, similarity_by_stage, stage_transforms
+
+    fixed = WorkingImage(result.fixed.image, result.fixed.tissue_mask, result.fixed.full_to_working)
+    moving = WorkingImage(
+        result.moving.image, result.moving.tissue_mask, result.moving.full_to_working
+    )
+    similarity, _ = similarity_by_stage(fixed, moving, stage_transforms(result.transform))
+    review = review_registration(fixed, moving, result.transform, similarity,
+                                 rotation_deg=result.rigid.rotation_deg)  # fmt: skip
+    return ";".join(f["flag"] for f in review["flags"]) or "-"
+
+
 def benchmark_pairs(
     pairs_csv: Path, max_size: int, elastix: bool, mirrored: bool = False
 ) -> pd.DataFrame:
@@ -225,6 +239,7 @@ def benchmark_pairs(
         )
         add("regflow final", result.transform.moving_to_fixed(moving_points), seconds)
         rows[-1]["found_mirrored"] = result.rigid.mirrored
+        rows[-1]["flags"] = review_flags(result)
         rows[-1]["stages"] = " ".join(f"{k} {v:.2f}" for k, v in result.seconds.items())
         if elastix:
             start = time.perf_counter()
@@ -290,6 +305,7 @@ def benchmark_generated(size: int = 1000) -> pd.DataFrame:
                         "unmapped": int(np.isnan(tre).sum()),
                         "seconds": seconds,
                         "found_mirrored": result.rigid.mirrored,
+                        "flags": review_flags(result),
                     }
                 )
     return pd.DataFrame(rows)
