@@ -1,7 +1,7 @@
 """Rule associated: an extra image in the moving image's frame (labels, a mask, a heat map,
 another scan) warped with the sample's transform onto the fixed grid."""
 
-from regflow.formats import pixel_size_override, read_info
+from regflow.formats import output_pixel_size, read_info
 from regflow.runlog import read_json, stage_log
 from regflow.transform import Transform
 from regflow.warp import associated_scale, associated_transform, reuse_freed_memory, warp_file
@@ -19,10 +19,10 @@ with stage_log(snakemake.log[0], "associated", sample) as log:
     except ValueError as error:
         raise ValueError(f"{snakemake.input.image} {error}") from None
     transform = associated_transform(Transform.load(snakemake.input.transform), info.shape, scale)
-    pixel_size = (
-        pixel_size_override(snakemake.params.reference_pixel_size)
-        or read_info(snakemake.params.reference).pixel_size_um
-        or moving_info["pixel_size_um"]
+    pixel_size = output_pixel_size(
+        snakemake.params.reference_pixel_size,
+        snakemake.params.reference,
+        moving_info["pixel_size_um"],
     )
     written = warp_file(
         snakemake.input.image,

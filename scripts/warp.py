@@ -4,7 +4,7 @@ Streams: the moving image is read region by region and the output written tile b
 the job's memory does not grow with the slide size.
 """
 
-from regflow.formats import pixel_size_override, read_info
+from regflow.formats import output_pixel_size
 from regflow.runlog import read_json, stage_log
 from regflow.transform import Transform
 from regflow.warp import reuse_freed_memory, warp_file
@@ -15,10 +15,10 @@ reuse_freed_memory()
 with stage_log(snakemake.log[0], "warp", sample) as log:
     moving_info = read_json(snakemake.input.info)["moving"]
     # The output is on the reference's grid: its pixel size (the sheet's, else the file's).
-    pixel_size = (
-        pixel_size_override(snakemake.params.reference_pixel_size)
-        or read_info(snakemake.params.reference).pixel_size_um
-        or moving_info["pixel_size_um"]
+    pixel_size = output_pixel_size(
+        snakemake.params.reference_pixel_size,
+        snakemake.params.reference,
+        moving_info["pixel_size_um"],
     )
     written = warp_file(
         snakemake.input.moving,

@@ -917,6 +917,12 @@ def pixel_size_override(value) -> float | None:
     return _positive(value)
 
 
+def output_pixel_size(sheet_value, reference_path: str, fallback: float | None) -> float | None:
+    """Pixel size of an image on the reference's grid: the sheet's value for the reference,
+    else the reference file's, else ``fallback``."""
+    return pixel_size_override(sheet_value) or read_info(reference_path).pixel_size_um or fallback
+
+
 def with_pixel_size(info: ImageInfo, pixel_size_um: float | None) -> ImageInfo:
     """``info`` with its pixel size overridden (a sample-sheet value); unchanged for None."""
     if pixel_size_um is None:

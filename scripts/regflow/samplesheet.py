@@ -29,6 +29,16 @@ def _blank(value) -> bool:
     )
 
 
+def _verified(path: str, cache: dict) -> ImageInfo | ImageReadError:
+    """:func:`verify_image` once per file (a case's reference serves many registrations)."""
+    if path not in cache:
+        try:
+            cache[path] = verify_image(path)
+        except ImageReadError as exc:
+            cache[path] = exc
+    return cache[path]
+
+
 def _check_extras(row, named, verified, labels, images_sheet) -> list[str]:
     """Annotation files parse; associated images are readable, uniquely named, and their size
     matches the moving image's (or their pixel size says how they relate)."""
@@ -57,12 +67,7 @@ def _check_extras(row, named, verified, labels, images_sheet) -> list[str]:
                           "rename one")  # fmt: skip
             continue
         names[name] = path
-        if path not in verified:
-            try:
-                verified[path] = verify_image(path)
-            except ImageReadError as exc:
-                verified[path] = exc
-        info = verified[path]
+        info = _verified(path, verified)
         if isinstance(info, ImageReadError):
             errors.append(info.describe(where))
             continue
@@ -148,12 +153,7 @@ def check_sample_sheet(
             info = None
             if check_files:
                 # complete and decodable, not only a parsable header
-                if path not in verified:
-                    try:
-                        verified[path] = verify_image(path)
-                    except ImageReadError as exc:
-                        verified[path] = exc
-                info = verified[path]
+                info = _verified(path, verified)
                 if isinstance(info, ImageReadError):
                     errors.append(info.describe(named(role, column, sep=",")))
                     info = None
