@@ -177,3 +177,23 @@ def test_warp_blocks_reads_a_file_from_threads(tmp_path, moving_file):
             block,
             whole[:, row * 64 : row * 64 + block.shape[1], col * 64 : col * 64 + block.shape[2]],
         )
+
+
+def test_associated_image_at_another_resolution_follows_its_pixel_size():
+    from regflow.warp import associated_scale, associated_transform
+
+    # a label image exported at half the moving image's resolution (1 µm vs 0.5 µm)
+    assert associated_scale((256, 300), 1.0, (512, 600), 0.5) == 2.0
+    assert associated_scale((512, 600), None, (512, 600), None) == 1.0
+    with pytest.raises(ValueError, match="relation is unknown"):
+        associated_scale((256, 300), None, (512, 600), 0.5)
+    with pytest.raises(ValueError, match="does not cover the moving image"):
+        associated_scale((100, 300), 1.0, (512, 600), 0.5)
+    transform = _transform((512, 600))
+    labels = np.kron(np.arange(16 * 20).reshape(16, 20), np.ones((32, 30), int))  # 512×600
+    half = labels[::2, ::2][None].astype(np.uint16)  # the same labels at 256×300
+    full = warp_image(labels[None].astype(np.uint16), transform, np.zeros(1), order=0)
+    scaled = associated_transform(transform, (256, 300), 2.0)
+    from_half = warp_image(half, scaled, np.zeros(1), order=0)
+    # the same label almost everywhere: only pixels on a label border may pick its neighbour
+    assert (from_half == full).mean() > 0.97
