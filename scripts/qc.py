@@ -8,6 +8,7 @@ from regflow.qc import (
     landmark_errors,
     qc_figure,
     review_registration,
+    sample_stages,
     similarity_by_stage,
     stage_transforms,
 )
@@ -31,7 +32,8 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
     flow = read_json(snakemake.input.flow)
     transform = Transform.load(snakemake.input.transform)
     transforms = stage_transforms(transform)
-    similarity, warped = similarity_by_stage(fixed, moving, transforms)
+    sampled = sample_stages(fixed, moving, transforms)  # once, for the metrics and the review
+    similarity, warped = similarity_by_stage(fixed, moving, transforms, sampled)
 
     landmarks = mapped = fixed_points = None
     if hasattr(snakemake.input, "landmarks_warped"):
@@ -73,6 +75,7 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         flow_accepted=flow["accepted"],
         rotation_deg=rigid["rotation_deg"],
         thresholds={k: v for k, v in settings.items() if k != "min_ncc"},
+        final=sampled["final"],
     )
     metrics = {
         "sample": sample,

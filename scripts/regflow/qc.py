@@ -95,10 +95,22 @@ def warp_working(
     return image, mask, footprint
 
 
-def similarity_by_stage(
+def sample_stages(
     fixed: WorkingImage, moving: WorkingImage, transforms: dict[str, Transform]
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`warp_working` for every stage (sampled once, used for metrics and review)."""
+    return {stage: warp_working(fixed, moving, t) for stage, t in transforms.items()}
+
+
+def similarity_by_stage(
+    fixed: WorkingImage,
+    moving: WorkingImage,
+    transforms: dict[str, Transform],
+    sampled: dict | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
     """NCC and NMI on the tissue masks (fixed ∪ warped moving, within the overlap) per stage.
+
+    ``sampled``: the stages already resampled (:func:`sample_stages`), else done here.
 
     Returns
     -------
@@ -107,9 +119,9 @@ def similarity_by_stage(
     warped : dict
         ``{stage: moving image on the fixed working grid}`` (for figures).
     """
+    sampled = sampled or sample_stages(fixed, moving, transforms)
     metrics, warped = {}, {}
-    for stage, transform in transforms.items():
-        image, mask, footprint = warp_working(fixed, moving, transform)
+    for stage, (image, mask, footprint) in sampled.items():
         # Tissue of either image, where both images have pixels.
         region = (fixed.tissue_mask | mask) & footprint
         metrics[stage] = {
@@ -615,13 +627,15 @@ def review_registration(
     flow_accepted: bool = True,
     rotation_deg: float | None = None,
     thresholds: dict | None = None,
+    final: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """Everything :func:`regflow.review.review` needs, measured; returns ``{"flags",
     "info", "measures"}`` for metrics.json. ``pixel_ratio``: moving / fixed pixel size when
-    both are known."""
+    both are known; ``final``: the moving image already resampled through ``transform``
+    (:func:`warp_working`), else done here."""
     from .review import affine_shape, alignment_evidence, field_regularity, review, tissue_overlap
 
-    image, mask, footprint = warp_working(fixed, moving, transform)
+    image, mask, footprint = final or warp_working(fixed, moving, transform)
     region = (fixed.tissue_mask | mask) & footprint
     # Structure at a middle scale (smoothed over 0.4 % of the image, normalised over 3.2 %):
     # finer, the non-rigid refinement can fit unrelated textures; coarser, little is left.
