@@ -881,8 +881,9 @@ class PlainSlide(Slide):
         return self._array[:, rows, cols]
 
 
-def open_slide(path: str | os.PathLike) -> Slide:
-    """Open an image file with the reader its content calls for.
+def open_slide(path: str | os.PathLike, cache_bytes: int = 256 * 2**20) -> Slide:
+    """Open an image file with the reader its content calls for (``cache_bytes``: decoded
+    tiles kept by the TIFF reader).
 
     Raises
     ------
@@ -894,7 +895,7 @@ def open_slide(path: str | os.PathLike) -> Slide:
     path = str(path)
     kind = detect_format(path)
     if kind == "tiff":
-        return TiffSlide(path)
+        return TiffSlide(path, cache_bytes)
     if kind == "czi":
         return CziSlide(path)
     if kind == "openslide":
@@ -972,8 +973,7 @@ class RegionReader:
     """
 
     def __init__(self, path: str | os.PathLike, level: int = 0, cache_bytes: int = 256 * 2**20):
-        kind = detect_format(str(path))
-        self._slide = TiffSlide(str(path), cache_bytes) if kind == "tiff" else open_slide(path)
+        self._slide = open_slide(path, cache_bytes)
         self.info = self._slide.info
         self.level = level
         self.shape = (self.info.n_channels, *self._slide.level_shape(level))

@@ -76,7 +76,6 @@ def warp_tile(
     cols: slice,
     fill: np.ndarray,
     order: int = 1,
-    lock: threading.Lock | None = None,
 ) -> np.ndarray:
     """Warp one block ``[rows, cols]`` of the fixed grid, reading only the moving pixels it needs.
 
@@ -86,8 +85,6 @@ def warp_tile(
         The full-resolution moving image, ``shape == (C, Y, X)``.
     fill : ndarray, shape (C,)
         Value per channel outside the moving image.
-    lock : threading.Lock, optional
-        Serialises reads from ``source`` when tiles are warped in threads.
 
     Returns
     -------
@@ -102,11 +99,7 @@ def warp_tile(
         out = np.empty((channels, *coords.shape[1:]), dtype=source.dtype)
         out[:] = _cast(np.asarray(fill, np.float64)[:, None, None], source.dtype)
         return out
-    if lock is None:
-        region = source.read(*window)
-    else:
-        with lock:
-            region = source.read(*window)
+    region = source.read(*window)
     # Coordinates outside the whole image take the fill value; inside, the window holds every
     # neighbour the interpolation needs, so the result equals sampling the whole image.
     outside = ~inside_image(coords[1], coords[0], source.shape)
@@ -194,17 +187,16 @@ def warp_blocks(
     """Warped ``(tile_row, tile_col, block)`` of the whole fixed grid, row-major.
 
     Memory is a few tiles plus the source's cache, whatever the image size; with
-    ``threads > 1`` tiles are computed in parallel (scipy's interpolation releases the GIL).
+    ``threads > 1`` the tiles are computed in a thread of their own while the caller (the
+    writer) works, so the source is only ever read from one thread.
     """
     if fill is None:
         fill = np.zeros(source.shape[0])
     blocks = list(tiles(transform.fixed_shape, tile))
-    # serialise reads only from sources that are not thread-safe
-    lock = None if getattr(source, "thread_safe", False) else threading.Lock()
 
     def work(block: tuple[slice, slice]) -> tuple[int, int, np.ndarray]:
         rows, cols = block
-        data = warp_tile(source, transform, rows, cols, fill, order, lock)
+        data = warp_tile(source, transform, rows, cols, fill, order)
         return rows.start // tile, cols.start // tile, data
 
     if threads <= 1:
