@@ -453,6 +453,22 @@ def _scene(size: int) -> np.ndarray:
     return rgb
 
 
+def _case_image(outdir, case, image, path, points, modality, channel, index) -> dict:
+    """An images-sheet row (its landmarks saved beside it); the first image is the reference."""
+    landmarks = outdir / f"{case}_{image}_landmarks.csv"
+    _save_points(landmarks, points)
+    return {
+        "case": case,
+        "image": image,
+        "path": str(path),
+        "modality": modality,
+        "channel": channel,
+        "landmarks": str(landmarks),
+        "reference": "true" if index == 0 else "false",
+        "order": index + 1,
+    }
+
+
 def make_round_case(
     outdir: str | Path, case: str = "rounds", n_rounds: int = 4, size: int = 256
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
@@ -497,19 +513,7 @@ def make_round_case(
             write_ome_tiff(path, np.clip(np.round(moving), 0, 65535).astype(np.uint16),
                            ["DAPI", f"marker{index + 1}"], 0.5)  # fmt: skip
             points = map_landmarks(landmarks, warp, channels.shape[1:], channels.shape[1:])
-        _save_points(outdir / f"{case}_{image}_landmarks.csv", points)
-        rows.append(
-            {
-                "case": case,
-                "image": image,
-                "path": str(path),
-                "modality": "fluorescence",
-                "channel": "DAPI",
-                "landmarks": str(outdir / f"{case}_{image}_landmarks.csv"),
-                "reference": "true" if index == 0 else "false",
-                "order": index + 1,
-            }
-        )
+        rows.append(_case_image(outdir, case, image, path, points, "fluorescence", "DAPI", index))
     return pd.DataFrame(rows), truth
 
 
@@ -548,17 +552,5 @@ def make_serial_case(
         path = outdir / f"{case}_{image}.ome.tif"
         pixels = np.clip(np.round(section), 0, 255).astype(np.uint8)
         write_ome_tiff(path, pixels, ["R", "G", "B"], 0.5, rgb=True)
-        _save_points(outdir / f"{case}_{image}_landmarks.csv", points)
-        rows.append(
-            {
-                "case": case,
-                "image": image,
-                "path": str(path),
-                "modality": "brightfield",
-                "channel": "",
-                "landmarks": str(outdir / f"{case}_{image}_landmarks.csv"),
-                "reference": "true" if index == 0 else "false",
-                "order": index + 1,
-            }
-        )
+        rows.append(_case_image(outdir, case, image, path, points, "brightfield", "", index))
     return pd.DataFrame(rows)
