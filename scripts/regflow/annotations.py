@@ -143,35 +143,20 @@ def _map_geometry(geometry: dict | None, mapper: _Mapper) -> dict | None:
         out["geometries"] = [p for p in parts if p is not None]
         return out if out["geometries"] else None
     if kind == "Point":
-        mapped = mapper.map([coords])
-        if not len(mapped):
-            return None
-        out["coordinates"] = mapped[0].tolist()
+        points = mapper.map([coords])
+        mapped = points[0].tolist() if len(points) else None
     elif kind == "MultiPoint":
-        mapped = mapper.map(coords).tolist() if coords else []
-        if not mapped:
-            return None
-        out["coordinates"] = mapped
+        mapped = mapper.map(coords).tolist() if coords else None
     elif kind == "LineString":
         mapped = mapper.line(coords)
-        if mapped is None:
-            return None
-        out["coordinates"] = mapped
-    elif kind == "MultiLineString":
-        lines = [line for line in (mapper.line(c) for c in coords) if line is not None]
-        if not lines:
-            return None
-        out["coordinates"] = lines
     elif kind == "Polygon":
-        polygon = mapper.polygon(coords)
-        if polygon is None:
-            return None
-        out["coordinates"] = polygon
-    elif kind == "MultiPolygon":
-        polygons = [p for p in (mapper.polygon(c) for c in coords) if p is not None]
-        if not polygons:
-            return None
-        out["coordinates"] = polygons
+        mapped = mapper.polygon(coords)
+    else:  # MultiLineString, MultiPolygon: the parts that map
+        part = mapper.line if kind == "MultiLineString" else mapper.polygon
+        mapped = [p for p in map(part, coords) if p is not None]
+    if not mapped:
+        return None
+    out["coordinates"] = mapped
     return out
 
 
