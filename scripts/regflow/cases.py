@@ -55,7 +55,7 @@ IMAGES_SHEET_COLUMNS = ("case", "image", *IMAGE_COLUMNS, "reference", "order")
 # Added to every registration row (derived, not user columns).
 MODEL_COLUMNS = (
     "case", "image", "fixed_image", "reference_image", "reference_path",
-    "reference_pixel_size_um", "previous", "anchor", "position",
+    "reference_pixel_size_um", "previous", "anchor",
 )  # fmt: skip
 TRUE = ("true", "yes", "1", "y", "t")
 FALSE = ("false", "no", "0", "n", "f", "")
@@ -99,7 +99,6 @@ def from_pairs(table: pd.DataFrame) -> pd.DataFrame:
     out["reference_pixel_size_um"] = out.get("fixed_pixel_size_um", "")
     out["previous"] = ""
     out["anchor"] = out["sample"]
-    out["position"] = 1
     return out
 
 
@@ -190,7 +189,7 @@ def _case_registrations(case, records, reference, positions, chain) -> list[dict
 
     reference_id = str(reference["image"])
     others = [r for r in records if r is not reference]
-    targets, previous, anchor, depth = {}, {}, {}, {}
+    targets, previous, anchor = {}, {}, {}
     if chain:
         ordered = sorted(zip(positions, records, strict=True), key=lambda item: item[0])
         ordered = [record for _, record in ordered]
@@ -204,7 +203,6 @@ def _case_registrations(case, records, reference, positions, chain) -> list[dict
             previous[id(record)] = "" if neighbour is reference else rid(neighbour)
             first = ordered[r - step]  # the chain's first section after the reference
             anchor[id(record)] = rid(first)
-            depth[id(record)] = abs(i - r)
     rows = []
     for record in others:
         target = targets.get(id(record), reference)
@@ -223,7 +221,6 @@ def _case_registrations(case, records, reference, positions, chain) -> list[dict
             "reference_pixel_size_um": reference.get("pixel_size_um"),
             "previous": previous.get(id(record), ""),
             "anchor": anchor.get(id(record), rid(record)),
-            "position": depth.get(id(record), 1),
         }
         rows.append(row)
     return rows
