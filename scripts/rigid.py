@@ -25,6 +25,8 @@ with stage_log(snakemake.log[0], "rigid", sample) as log:
         mirror_ratio=settings["mirror_ratio"],
         max_scale_change=settings["max_scale_change"],
         local_contrast=settings["local_contrast"],
+        features=settings["features"],
+        clear_ratio=settings["clear_ratio"],
     )
     affine = to_full_resolution(
         result.fixed_to_moving, fixed["full_to_working"], moving["full_to_working"]

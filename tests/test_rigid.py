@@ -132,3 +132,74 @@ def test_refinement_ignores_regional_stain_density(ihc_small):
     local, plain = worst_error(0.016), worst_error(0.0)
     assert local < 0.15
     assert plain > 2 * local
+
+
+def test_similarity_ransac_recovers_a_similarity_among_outliers():
+    from regflow.rigid import _similarity_ransac
+
+    rng = np.random.default_rng(3)
+    source = rng.uniform(0, 500, (60, 2))
+    truth = similarity_matrix(-70.0, 1.12, (20.0, -35.0), np.zeros(2), np.zeros(2))
+    target = apply_matrix(truth, source) + rng.normal(0, 0.3, source.shape)
+    outliers = rng.random(60) < 0.6  # most matches wrong, as across stains
+    target[outliers] = rng.uniform(0, 500, (outliers.sum(), 2))
+    matrix, inliers = _similarity_ransac(source, target, 2.0, (0.75, 1.33))
+    assert inliers[~outliers].mean() > 0.95 and inliers[outliers].mean() < 0.1
+    np.testing.assert_allclose(apply_matrix(matrix, source), apply_matrix(truth, source), atol=0.5)
+    # a scale outside the plausible range is never proposed
+    none, _ = _similarity_ransac(source, apply_matrix(truth, source) * 2.0, 2.0, (0.75, 1.33))
+    assert none is None
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_feature_candidates_find_a_rotated_scaled_section(ihc_rgb, mirror):
+    """SIFT matches give the pose directly, without the rotation/scale grid or spectra."""
+    from regflow.rigid import feature_candidates, warp_to_fixed
+
+    fixed = preprocess(ihc_rgb, "brightfield", "hematoxylin", True, 1.0).image
+    centre = np.array([255.5, 255.5])
+    truth = similarity_matrix(115.0, 0.87, (12.0, -8.0), centre, centre, mirror)
+    moving = warp_to_fixed(fixed, np.linalg.inv(truth), fixed.shape)
+    found = feature_candidates(fixed, moving, mirrors=(False, True))
+    best = max(found, key=lambda c: c["inliers"])
+    assert best["mirror"] == mirror and best["inliers"] >= 20
+    points = np.array([[180.0, 200.0], [300.0, 260.0], [250.0, 330.0]])
+    np.testing.assert_allclose(
+        apply_matrix(best["matrix"], points), apply_matrix(truth, points), atol=1.0
+    )
+
+
+def test_ambiguous_pose_brings_in_feature_candidates(ihc_small):
+    """Features are matched only when the verified poses do not single one out; with
+    ``features='always'`` they are verified and reported with their scores."""
+    warp = KnownWarp(angle_deg=20.0, scale=1.0, shift=(3.0, 2.0))
+    fixed, moving, points, truth = _pair(ihc_small, warp)
+    clear = register_rigid(fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask)
+    assert all(c["source"] != "features" for c in clear.candidates)
+    always = register_rigid(fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask,
+                            features="always")  # fmt: skip
+    reported = [c for c in always.candidates if c["source"] == "features"]
+    assert reported and all({"inliers", "structure", "ncc"} <= set(c) for c in reported)
+    error = np.linalg.norm(apply_matrix(always.fixed_to_moving, points) - truth, axis=1)
+    assert np.median(error) < 0.5
+
+
+@pytest.mark.parametrize(("angle", "scale"), [(68.0, 0.88), (-100.0, 1.12), (160.0, 0.9)])
+def test_torn_section_on_a_larger_slide(ihc_small, angle, scale):
+    """A corner of the moving section torn off, the section rotated between grid angles,
+    12 % off in scale and placed on a larger slide: the outline misleads the coarse score
+    (the previous chain ended 140–210 px off on all of these); verification on structure
+    and the scale grid find the pose."""
+    fixed = preprocess(ihc_small, "brightfield", "hematoxylin", True, 1.0)
+    points = fixed_landmarks(fixed.image, margin=32)
+    warp = KnownWarp(angle_deg=angle, scale=scale, shift=(-6.0, 5.0))
+    torn = ihc_small.copy()
+    torn[:, :110, :120] = 255
+    canvas = (384, 384)
+    rendered = render_moving(torn, warp, canvas, np.full(3, 255.0)).round().astype(np.uint8)
+    moving = preprocess(rendered, "brightfield", "hematoxylin", True, 1.0)
+    truth = map_landmarks(points, warp, ihc_small.shape[1:], canvas)
+    kept = ~((points[:, 1] < 110) & (points[:, 0] < 120))
+    result = register_rigid(fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask)
+    error = np.linalg.norm(apply_matrix(result.fixed_to_moving, points[kept]) - truth[kept], axis=1)
+    assert np.median(error) < 0.5
