@@ -29,6 +29,7 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
         smoothing_sigma=settings["smoothing_sigma"],
         min_improvement=settings["min_improvement"],
         max_size=settings["max_size"],
+        consistency=settings["consistency"],
         **solver,
     )
     log.info("%s", result.reason)

@@ -89,6 +89,8 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
             "translation_px": translation,
             "translation_um": translation * pixel_size if pixel_size else None,
             "fixed_to_moving": rigid["fixed_to_moving_full"],
+            # every verified global candidate: source, pose, coarse score, structure, inliers
+            "candidates": rigid["candidates"],
         },
         "flow": {
             k: flow[k]

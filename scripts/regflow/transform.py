@@ -122,7 +122,9 @@ class Transform:
 
         Solves ``p + u(p) = affine⁻¹ m`` for ``p`` by fixed-point iteration (damped after the
         first steps, keeping each point's best iterate), which converges wherever the mapping
-        is invertible — the refinement's fields are smooth. Points whose residual stays above
+        is invertible — the refinement's fields are smooth. Where it does not (a fold of the
+        field, where two fixed points reach one moving point), the nearest solution is
+        searched for on grids around the best iterate. Points whose residual stays above
         ``tolerance`` (pixels, in the moving image) or that fall outside the fixed image are NaN.
         """
         points_xy = np.asarray(points_xy, np.float64)
@@ -138,9 +140,33 @@ class Transform:
                 break
             fixed = fixed + (1.0 if step < 10 else 0.5) * residual
         error = np.linalg.norm(self.fixed_to_moving(best) - points_xy, axis=1)
+        stuck = np.nonzero((error > tolerance) & np.isfinite(best).all(axis=1))[0]
+        if stuck.size and self.has_displacement:
+            best[stuck] = self._search_inverse(best[stuck], points_xy[stuck])
+            reached = self.fixed_to_moving(best[stuck])
+            error[stuck] = np.linalg.norm(reached - points_xy[stuck], axis=1)
         inside = inside_image(best[:, 0], best[:, 1], self.fixed_shape)
         best[(error > tolerance) | ~inside | ~np.isfinite(best).all(axis=1)] = np.nan
         return best
+
+    def _search_inverse(self, start: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
+        """For each moving point, the fixed position nearest ``start`` with the smallest
+        residual: a grid of 1 px over the reach of the field, then finer grids around it."""
+        reach = float(np.abs(self.displacement).max()) + 2.0
+        out = start.copy()
+        for index in range(len(start)):
+            centre, radius, spacing = start[index], reach, 1.0
+            while spacing > 0.01:
+                steps = np.arange(-radius, radius + spacing / 2, spacing)
+                grid_x, grid_y = np.meshgrid(steps, steps)
+                grid = centre + np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+                residual = np.linalg.norm(self.fixed_to_moving(grid) - points_xy[index], axis=1)
+                # the smallest residual, ties broken toward the start (nearest solution)
+                residual += 1e-6 * np.linalg.norm(grid - start[index], axis=1)
+                centre = grid[np.argmin(residual)]
+                radius, spacing = 2.0 * spacing, spacing / 8.0
+            out[index] = centre
+        return out
 
     def moving_coordinates(self, rows: slice, cols: slice) -> np.ndarray:
         """Moving-image ``(row, col)`` sampling coordinates for a block of the fixed grid.
