@@ -419,6 +419,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=Path, required=True, help="BIRL-style pairs CSV")
     parser.add_argument("--max-size", type=int, default=1024)
     parser.add_argument("--no-generated", action="store_true")
+    parser.add_argument("--no-elastix", action="store_true", help="skip elastix even if installed")
     parser.add_argument(
         "--mirrored", action="store_true", help="also every pair, moving image flipped"
     )
@@ -430,9 +431,11 @@ def main() -> None:
     args = parser.parse_args()
     pd.set_option("display.width", 160)
     start = time.perf_counter()
-    elastix = elastix_available()  # loads itk: a one-off ~9 s kept out of the per-pair seconds
+    elastix = (
+        not args.no_elastix and elastix_available()
+    )  # loads itk: a one-off ~9 s kept out of the per-pair seconds
     elastix_import = time.perf_counter() - start
-    if not elastix:
+    if not elastix and not args.no_elastix:
         print("itk-elastix not installed: no elastix rows (pip install -e '.[bench]')")
     table = benchmark_pairs(args.pairs, args.max_size, elastix)
     if args.mirrored:

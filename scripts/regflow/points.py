@@ -7,13 +7,17 @@ untouched when points are mapped, so a table of cell centroids keeps its measure
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .transform import Transform, inside_image
+
+if TYPE_CHECKING:  # pandas costs ~0.3 s to import: only the point tables need it
+    import pandas as pd
 
 
 class PointsError(ValueError):
@@ -22,6 +26,8 @@ class PointsError(ValueError):
 
 def read_points_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a point CSV, checking for numeric ``X`` and ``Y`` columns."""
+    import pandas as pd
+
     try:
         table = pd.read_csv(path)
     except FileNotFoundError as exc:
@@ -45,9 +51,36 @@ def read_points_table(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_points(path: str | os.PathLike) -> np.ndarray:
-    """Points ``(n, 2)`` as ``(x, y)`` float64."""
-    table = read_points_table(path)
-    return table[["X", "Y"]].to_numpy(np.float64)
+    """Points ``(n, 2)`` as ``(x, y)`` float64 (empty cells NaN); the checks of
+    :func:`read_points_table`, without pandas (QC reads points on its hot path)."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except FileNotFoundError as exc:
+        raise PointsError(f"{path}: file not found") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise PointsError(f"{path}: cannot be read as CSV ({exc})") from exc
+    rows = [row for row in rows if any(cell.strip() for cell in row)]  # blank lines skipped
+    header = [name.strip() for name in rows[0]] if rows else []
+    missing = [c for c in ("X", "Y") if c not in header]
+    if missing:
+        found = [c for c in header if c and not c.startswith("Unnamed:")]
+        raise PointsError(
+            f"{path}: missing column(s) {', '.join(missing)}; a point file needs columns X "
+            f"(column, px) and Y (row, px); found {found}"
+        )
+    columns = [header.index("X"), header.index("Y")]
+    points = np.full((len(rows) - 1, 2), np.nan)
+    for row_index, row in enumerate(rows[1:]):
+        for axis, column in enumerate(columns):
+            cell = row[column].strip() if column < len(row) else ""
+            if cell:
+                try:
+                    points[row_index, axis] = float(cell)
+                except ValueError:
+                    name = "XY"[axis]
+                    raise PointsError(f"{path}: column {name} has non-numeric values") from None
+    return points
 
 
 def write_points(path: str | os.PathLike, table: pd.DataFrame) -> None:

@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
-from .metrics import ncc, nmi, target_registration_error, tre_summary  # noqa: E402
+from .metrics import gaussian, ncc, nmi, target_registration_error, tre_summary  # noqa: E402
 from .transform import Transform, apply_matrix, inside_image  # noqa: E402
 
 STAGES = ("initial", "rigid", "final")
@@ -209,11 +209,40 @@ def _checkerboard(fixed: np.ndarray, moving: np.ndarray, n_squares: int = 8) -> 
     return np.where(board, fixed, moving)
 
 
+def _display_factor(shape: tuple[int, ...], pixels: int = 480) -> int:
+    """Block size that brings an image to about the pixels a panel shows (≥ ``pixels``)."""
+    return max(1, max(shape[0], shape[1]) // pixels)
+
+
+def _reduce(image: np.ndarray, factor: int) -> np.ndarray:
+    """Block mean by ``factor`` (2-D or colour images): what a panel can show, drawn in a
+    fraction of the time matplotlib takes to resample the full working image."""
+    if factor == 1:
+        return image
+    height, width = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    blocks = image[:height, :width].reshape(height // factor, factor, width // factor, factor,
+                                            *image.shape[2:])  # fmt: skip
+    return blocks.mean(axis=(1, 3))
+
+
 def _show(ax, image, title, cmap=None, **kwargs):
-    ax.imshow(image, cmap=cmap, interpolation="nearest", **kwargs)
+    """An image at panel resolution, placed in its own pixel coordinates (overlays drawn in
+    working pixels land where they belong)."""
+    factor = _display_factor(image.shape)
+    height, width = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    ax.imshow(_reduce(image, factor), cmap=cmap, interpolation="nearest",
+              extent=(-0.5, width - 0.5, height - 0.5, -0.5), **kwargs)  # fmt: skip
     ax.set_title(title, fontsize=11)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _outline(ax, mask: np.ndarray) -> None:
+    """The tissue mask's outline (at panel resolution) in working pixels."""
+    factor = _display_factor(mask.shape)
+    reduced = _reduce(mask.astype(np.float32), factor)
+    centres = [(np.arange(n) + 0.5) * factor - 0.5 for n in reduced.shape]
+    ax.contour(centres[1], centres[0], reduced, levels=[0.5], colors="#00bfff", linewidths=1)
 
 
 def qc_figure(
@@ -251,9 +280,9 @@ def qc_figure(
     sim = metrics["similarity"]
 
     _show(axes[0, 0], fixed.image, "fixed (registration channel)", "gray")
-    axes[0, 0].contour(fixed.tissue_mask, levels=[0.5], colors="#00bfff", linewidths=1)
+    _outline(axes[0, 0], fixed.tissue_mask)
     _show(axes[0, 1], moving.image, "moving (as scanned)", "gray")
-    axes[0, 1].contour(moving.tissue_mask, levels=[0.5], colors="#00bfff", linewidths=1)
+    _outline(axes[0, 1], moving.tissue_mask)
     for ax, stage, label in zip(
         (axes[0, 2], axes[0, 3], axes[0, 4]),
         STAGES,
@@ -640,7 +669,7 @@ def review_registration(
     # Structure at a middle scale (smoothed over 0.4 % of the image, normalised over 3.2 %):
     # finer, the non-rigid refinement can fit unrelated textures; coarser, little is left.
     size = max(fixed.image.shape)
-    smooth = (ndi.gaussian_filter(im, max(0.5, 0.004 * size)) for im in (fixed.image, image))
+    smooth = (gaussian(im, max(0.5, 0.004 * size)) for im in (fixed.image, image))
     to_grid = transform.fixed_full_to_working
     both_tissue = fixed.tissue_mask & mask & footprint
     field_grid = transform.displacement.shape[1:]

@@ -27,7 +27,7 @@ from scipy import fft, optimize
 from scipy import ndimage as ndi
 from skimage import feature, transform
 
-from .metrics import local_normalise, ncc
+from .metrics import gaussian, local_normalise, ncc
 from .transform import inside_image
 
 _SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -567,7 +567,7 @@ class _Level:
     def contrast(self, fraction: float, smoothing: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """What the NCC refinements compare: the pair smoothed (``smoothing`` px) and locally
         normalised with a window of ``fraction`` × the longest side (not for 0)."""
-        pair = [ndi.gaussian_filter(im, smoothing) for im in (self.fixed, self.moving)]
+        pair = [gaussian(im, smoothing) for im in (self.fixed, self.moving)]
         if fraction > 0:
             sigma = fraction * max(self.fixed.shape)
             pair = [local_normalise(im, sigma) for im in pair]

@@ -150,21 +150,23 @@ class Transform:
         return best
 
     def _search_inverse(self, start: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
-        """For each moving point, the fixed position nearest ``start`` with the smallest
-        residual: a grid of 1 px over the reach of the field, then finer grids around it."""
+        """For each moving point, the fixed position with the smallest residual near
+        ``start``: a 33 × 33 grid over the reach of the field, then grids 8× finer around
+        the best node, down to 0.01 px (~2000 evaluations per level)."""
         reach = float(np.abs(self.displacement).max()) + 2.0
+        nodes = 33
         out = start.copy()
         for index in range(len(start)):
-            centre, radius, spacing = start[index], reach, 1.0
+            centre, radius = start[index], reach
+            spacing = 2.0 * radius / (nodes - 1)
             while spacing > 0.01:
-                steps = np.arange(-radius, radius + spacing / 2, spacing)
+                steps = np.linspace(-radius, radius, nodes)
                 grid_x, grid_y = np.meshgrid(steps, steps)
                 grid = centre + np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
                 residual = np.linalg.norm(self.fixed_to_moving(grid) - points_xy[index], axis=1)
-                # the smallest residual, ties broken toward the start (nearest solution)
-                residual += 1e-6 * np.linalg.norm(grid - start[index], axis=1)
                 centre = grid[np.argmin(residual)]
-                radius, spacing = 2.0 * spacing, spacing / 8.0
+                spacing = 2.0 * radius / (nodes - 1) / 8.0
+                radius = spacing * (nodes - 1) / 2
             out[index] = centre
         return out
 
