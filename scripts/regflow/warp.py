@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterator
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .transform import Transform, inside_image
 
@@ -160,6 +159,8 @@ def resample(
                 )
         # integers computed in their own type come back rounded; floats lose NaN/Inf
         return result if result.dtype == dtype and dtype.kind != "f" else _cast(result, dtype)
+    from scipy import ndimage as ndi  # splines only (the point and warp jobs skip scipy)
+
     local = coords - np.array(origin, np.float64)[:, None, None]
     out = np.empty((region.shape[0], *coords.shape[1:]), dtype)
     for channel in range(region.shape[0]):
