@@ -179,6 +179,40 @@ class Transform:
             out[index] = centre
         return out
 
+    def separable_parts(self, rows: slice, cols: slice):
+        """The moving coordinates of a block of the fixed grid as separable pieces.
+
+        For axis 0 (row) and 1 (col): ``coords[axis] = r[:, None] + c[None, :] + wy @ F @ wx.T``
+        — the affine part as an outer sum and the displacement, bilinearly upsampled for this
+        block only, as two small weight matrices around ``F``, the window of the field that the
+        block touches combined with the affine's linear part (``F`` is None without
+        displacement). None when the displacement grid is not axis-aligned with the fixed image.
+
+        Returns
+        -------
+        parts : list of (r, c, F) for axes (row, col)
+        weights : (wy, wx) or None
+        """
+        to_grid = self.fixed_full_to_working
+        if self.has_displacement and (to_grid[0, 1] or to_grid[1, 0]):
+            return None
+        y = np.arange(rows.start, rows.stop, dtype=np.float64)
+        x = np.arange(cols.start, cols.stop, dtype=np.float64)
+        weights = window = None
+        if self.has_displacement:
+            grid_h, grid_w = self.displacement.shape[1:]
+            wy, r0 = _linear_weights(to_grid[1, 1] * y + to_grid[1, 2], grid_h)
+            wx, c0 = _linear_weights(to_grid[0, 0] * x + to_grid[0, 2], grid_w)
+            window = self.displacement[:, r0 : r0 + wy.shape[1], c0 : c0 + wx.shape[1]]
+            window = window.astype(np.float64)
+            weights = (wy, wx)
+        parts = []
+        for cx, cy, c0 in (self.affine[1], self.affine[0]):  # (row, col) = (my, mx)
+            # A (p + u) = A p + A u: the field's share of this axis, on the coarse window
+            field = None if window is None else cx * window[0] + cy * window[1]
+            parts.append((cy * y + c0, cx * x, field))
+        return parts, weights
+
     def moving_coordinates(self, rows: slice, cols: slice) -> np.ndarray:
         """Moving-image ``(row, col)`` sampling coordinates for a block of the fixed grid.
 
@@ -189,29 +223,20 @@ class Transform:
         -------
         ndarray, shape (2, n_rows, n_cols)
         """
-        y = np.arange(rows.start, rows.stop, dtype=np.float64)
-        x = np.arange(cols.start, cols.stop, dtype=np.float64)
-        dx = dy = None
-        to_grid = self.fixed_full_to_working
-        if self.has_displacement and not (to_grid[0, 1] or to_grid[1, 0]):
-            grid_h, grid_w = self.displacement.shape[1:]
-            wy, r0 = _linear_weights(to_grid[1, 1] * y + to_grid[1, 2], grid_h)
-            wx, c0 = _linear_weights(to_grid[0, 0] * x + to_grid[0, 2], grid_w)
-            window = self.displacement[:, r0 : r0 + wy.shape[1], c0 : c0 + wx.shape[1]]
-            dx, dy = (wy @ window[axis].astype(np.float64) @ wx.T for axis in range(2))
-        elif self.has_displacement:  # a general grid: point by point
+        separable = self.separable_parts(rows, cols)
+        if separable is None:  # a general grid: point by point
+            y = np.arange(rows.start, rows.stop, dtype=np.float64)
+            x = np.arange(cols.start, cols.stop, dtype=np.float64)
             yy, xx = np.meshgrid(y, x, indexing="ij")
             points = np.stack([xx.ravel(), yy.ravel()], axis=1)
-            shift = self.displacement_at(points)
-            dx, dy = (shift[:, axis].reshape(xx.shape) for axis in range(2))
-        a = self.affine
-        out = np.empty((2, len(y), len(x)))
-        for axis, (cx, cy, c0) in ((1, a[0]), (0, a[1])):  # (row, col) = (my, mx)
-            # A (p + u): the affine part as an outer sum, then the displacement in place
-            np.add.outer(cy * y + c0, cx * x, out=out[axis])
-            if self.has_displacement:
-                out[axis] += cx * dx
-                out[axis] += cy * dy
+            mapped = self.fixed_to_moving(points)
+            return np.stack([mapped[:, 1].reshape(xx.shape), mapped[:, 0].reshape(xx.shape)])
+        parts, weights = separable
+        out = np.empty((2, rows.stop - rows.start, cols.stop - cols.start))
+        for axis, (row_term, col_term, field) in enumerate(parts):
+            np.add.outer(row_term, col_term, out=out[axis])
+            if field is not None:
+                out[axis] += weights[0] @ field @ weights[1].T
         return out
 
     def save(self, path: str | os.PathLike) -> None:

@@ -89,23 +89,91 @@ def warp_tile(
     -------
     ndarray, shape (C, len(rows), len(cols)), ``source.dtype``
     """
-    coords = transform.moving_coordinates(rows, cols)
     channels = source.shape[0]
+    fill_values = _cast(np.asarray(fill, np.float64), source.dtype)
+    if order == 1:
+        maps = _linear_maps(transform, rows, cols, source.shape[1:])
+        if maps is not None:
+            if maps == "outside":
+                return np.broadcast_to(fill_values[:, None, None],
+                                       (channels, rows.stop - rows.start,
+                                        cols.stop - cols.start)).copy()  # fmt: skip
+            window, map_x, map_y, outside = maps
+            values = _remap(source.read(*window), map_x, map_y)
+            if outside is not None and outside.any():
+                values[:, outside] = fill_values[:, None]
+            return values
+    coords = transform.moving_coordinates(rows, cols)
     # Cubic splines are prefiltered over the window: its edge effect decays as 0.27^distance,
     # so 16 px of margin make the result match the whole-image prefilter to ~1e-9.
     window = _source_window(coords, source.shape[1:], margin=16 if order > 1 else 2)
     if window is None:
         out = np.empty((channels, *coords.shape[1:]), dtype=source.dtype)
-        out[:] = _cast(np.asarray(fill, np.float64)[:, None, None], source.dtype)
+        out[:] = fill_values[:, None, None]
         return out
     region = source.read(*window)
     # Coordinates outside the whole image take the fill value; inside, the window holds every
     # neighbour the interpolation needs, so the result equals sampling the whole image.
-    outside = ~inside_image(coords[1], coords[0], source.shape)
+    # (bilinear: judged on the positions as sampled, on their 1/_QUANTUM-px grid)
+    judged = np.rint(coords * _QUANTUM) / _QUANTUM if order == 1 else coords
+    outside = ~inside_image(judged[1], judged[0], source.shape)
     values = resample(region, coords, order, origin=(window[0].start, window[1].start))
     if outside.any():
-        values[:, outside] = _cast(np.asarray(fill, np.float64), source.dtype)[:, None]
+        values[:, outside] = fill_values[:, None]
     return values
+
+
+# Sampling positions are placed on a grid of 1/_QUANTUM px of the image's frame: relative to
+# a window they are then exact in float32 (windows < 16384 px), so OpenCV sees the same
+# numbers for a pixel whatever the tiling; the rounding (≤ 1/2048 px) is far below
+# interpolation (OpenCV itself resolves 1/32 px).
+_QUANTUM = 1024.0
+
+
+def _linear_maps(transform: Transform, rows: slice, cols: slice, shape: tuple[int, int]):
+    """OpenCV maps for one block (bilinear): ``(window, map_x, map_y, outside)``, the string
+    ``"outside"`` when the block maps entirely outside the moving image, or None when the
+    separable form does not apply (then the caller samples point by point).
+
+    The window comes from bounds of the separable parts (corners of the affine part plus the
+    range of the field's window), so no pass over the block's coordinates is needed for it;
+    the outside mask only for blocks whose bounds leave the image.
+    """
+    separable = transform.separable_parts(rows, cols)
+    if separable is None:
+        return None
+    parts, weights = separable
+    bounds = []
+    for row_term, col_term, field in parts:
+        low = row_term.min() + col_term.min() + (field.min() if field is not None else 0.0)
+        high = row_term.max() + col_term.max() + (field.max() if field is not None else 0.0)
+        if not (np.isfinite(low) and np.isfinite(high)):
+            return None
+        bounds.append((low, high))
+    (r_low, r_high), (c_low, c_high) = bounds
+    r0, r1 = max(0, int(np.floor(r_low)) - 2), min(shape[0], int(np.ceil(r_high)) + 3)
+    c0, c1 = max(0, int(np.floor(c_low)) - 2), min(shape[1], int(np.ceil(c_high)) + 3)
+    if r1 <= r0 or c1 <= c0:
+        return "outside"
+    if max(r1 - r0, c1 - c0) * _QUANTUM >= 2**24:  # float32 would no longer be exact
+        return None
+    maps = []
+    for (row_term, col_term, field), origin in zip(parts, (r0, c0), strict=True):
+        position = np.add.outer(row_term * _QUANTUM, col_term * _QUANTUM)
+        if field is not None:
+            position += weights[0] @ (field * _QUANTUM) @ weights[1].T
+        np.rint(position, out=position)
+        position -= origin * _QUANTUM  # exact: integers in float64
+        quantised = position.astype(np.float32)
+        quantised *= np.float32(1.0 / _QUANTUM)  # exact: a power of two
+        maps.append(quantised)
+    map_y, map_x = maps
+    outside = None
+    inside = r_low >= -0.5 and r_high <= shape[0] - 0.5 and c_low >= -0.5
+    if not (inside and c_high <= shape[1] - 0.5):
+        outside = ~inside_image(map_x.astype(np.float64) + c0, map_y.astype(np.float64) + r0,
+                                shape)  # fmt: skip
+    return (slice(r0, r1), slice(c0, c1)), map_x, map_y, outside
 
 
 # dtypes cv2.remap interpolates natively (others go through float32)
@@ -131,34 +199,11 @@ def resample(
         c = np.clip(np.floor(coords[1] + 0.5).astype(np.intp) - origin[1], 0, region.shape[2] - 1)
         return region[:, r, c]
     if order == 1:
-        import cv2
-
-        # Positions on a 1/1024-px grid of the image's frame: relative to the region they are
-        # then exact in float32 (windows < 8192 px), so OpenCV sees the same numbers for a
-        # pixel whatever the tiling; the rounding (≤ 1/2048 px) is far below interpolation.
         maps = [
-            (np.rint(coords[axis] * 1024.0) / 1024.0 - origin[axis]).astype(np.float32)
+            (np.rint(coords[axis] * _QUANTUM) / _QUANTUM - origin[axis]).astype(np.float32)
             for axis in (1, 0)
         ]
-        data = region if dtype.type in _CV2_DTYPES else region.astype(np.float32)
-        # OpenCV wants interleaved channels: a (C, h, w) view of an interleaved buffer (as
-        # RGB tiles are read) costs no copy, and up to four channels come back as one
-        interleaved = np.ascontiguousarray(np.moveaxis(data, 0, -1))
-        if region.shape[0] <= 4:
-            warped = cv2.remap(interleaved, maps[0], maps[1], cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-            result = np.moveaxis(warped.reshape(*coords.shape[1:], -1), -1, 0)
-        else:
-            result = np.empty((region.shape[0], *coords.shape[1:]), data.dtype)
-            for start in range(0, region.shape[0], 4):  # remap takes at most 4 channels
-                part = np.ascontiguousarray(interleaved[..., start : start + 4])
-                warped = cv2.remap(part, maps[0], maps[1], cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-                result[start : start + 4] = np.moveaxis(
-                    warped.reshape(*coords.shape[1:], -1), -1, 0
-                )
-        # integers computed in their own type come back rounded; floats lose NaN/Inf
-        return result if result.dtype == dtype and dtype.kind != "f" else _cast(result, dtype)
+        return _remap(region, maps[0], maps[1])
     from scipy import ndimage as ndi  # splines only (the point and warp jobs skip scipy)
 
     local = coords - np.array(origin, np.float64)[:, None, None]
@@ -168,6 +213,33 @@ def resample(
                                      order=order, mode="nearest", prefilter=True)  # fmt: skip
         out[channel] = _cast(values, dtype)
     return out
+
+
+def _remap(region: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    """OpenCV's bilinear ``remap`` of all channels of ``region`` ``(C, h, w)`` at float32
+    maps relative to it (edges replicated); same dtype out (rounded and clipped for
+    integers). Up to four channels at once, the GIL released."""
+    import cv2
+
+    dtype = region.dtype
+    data = region if dtype.type in _CV2_DTYPES else region.astype(np.float32)
+    # OpenCV wants interleaved channels: a (C, h, w) view of an interleaved buffer (as
+    # RGB tiles are read) costs no copy, and up to four channels come back as one
+    interleaved = np.ascontiguousarray(np.moveaxis(data, 0, -1))
+    shape = map_x.shape
+    if region.shape[0] <= 4:
+        warped = cv2.remap(interleaved, map_x, map_y, cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        result = np.moveaxis(warped.reshape(*shape, -1), -1, 0)
+    else:
+        result = np.empty((region.shape[0], *shape), data.dtype)
+        for start in range(0, region.shape[0], 4):  # remap takes at most 4 channels
+            part = np.ascontiguousarray(interleaved[..., start : start + 4])
+            warped = cv2.remap(part, map_x, map_y, cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+            result[start : start + 4] = np.moveaxis(warped.reshape(*shape, -1), -1, 0)
+    # integers computed in their own type come back rounded; floats lose NaN/Inf
+    return result if result.dtype == dtype and dtype.kind != "f" else _cast(result, dtype)
 
 
 def tiles(shape: tuple[int, int], tile: int) -> Iterator[tuple[slice, slice]]:
