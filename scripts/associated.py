@@ -1,6 +1,9 @@
 """Rule associated: an extra image in the moving image's frame (labels, a mask, a heat map,
 another scan) warped with the sample's transform onto the fixed grid."""
 
+import regflow
+
+regflow.own_threads_only()  # before numpy is imported
 from regflow.formats import output_pixel_size, read_info
 from regflow.runlog import read_json, stage_log
 from regflow.transform import Transform

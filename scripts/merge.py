@@ -1,6 +1,9 @@
 """Rule merge: every fluorescence image of a case (reference included) in the reference
 frame, one pyramidal OME-TIFF with channels named ``<image> <channel>``, streamed by tile."""
 
+import regflow
+
+regflow.own_threads_only()  # before numpy is imported
 from contextlib import ExitStack
 
 import numpy as np

@@ -4,6 +4,9 @@ Streams: the moving image is read region by region and the output written tile b
 the job's memory does not grow with the slide size.
 """
 
+import regflow
+
+regflow.own_threads_only()  # before numpy is imported
 from regflow.formats import output_pixel_size
 from regflow.runlog import read_json, stage_log
 from regflow.transform import Transform

@@ -51,8 +51,8 @@ def _linear_weights(positions: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     first = int(low.min())
     weights = np.zeros((len(positions), int(high.max()) - first + 1))
     index = np.arange(len(positions))
-    np.add.at(weights, (index, low - first), 1.0 - frac)
-    np.add.at(weights, (index, high - first), frac)
+    weights[index, low - first] = 1.0 - frac
+    weights[index, high - first] += frac  # a second step: at the last sample high == low
     return weights, first
 
 
