@@ -5,18 +5,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
 from .metrics import gaussian, ncc, nmi, target_registration_error, tre_summary  # noqa: E402
 from .transform import Transform, apply_matrix, inside_image  # noqa: E402
+
+if TYPE_CHECKING:  # pandas costs ~0.3 s to import: only the cohort summary needs it
+    import pandas as pd
 
 STAGES = ("initial", "rigid", "final")
 SUMMARY_COLUMNS = [
@@ -190,6 +193,7 @@ def _save_figure(fig, path: str | os.PathLike) -> None:
 
 def write_summary(table: pd.DataFrame, table_path: str | os.PathLike, figure_path) -> None:
     """Write summary.tsv and summary.png, each atomically."""
+
     table_path = Path(table_path)
     tmp = table_path.with_name(f".{table_path.name}.{os.getpid()}.tmp")
     table.to_csv(tmp, sep="\t", index=False, na_rep="", float_format="%.6g")
@@ -457,6 +461,8 @@ def summary_row(metrics: dict) -> dict:
 def _summary_frame(rows: list[dict]) -> pd.DataFrame:
     """summary.tsv's table: ``case`` and ``image`` only for an images sheet (a pair sheet's
     summary keeps its columns: ``sample``, ``status``, …)."""
+    import pandas as pd
+
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     if not (table["image"].fillna("") != "").any():
         table = table.drop(columns=["case", "image"])
@@ -464,11 +470,14 @@ def _summary_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def summary_table(all_metrics: list[dict]) -> pd.DataFrame:
+
     return _summary_frame([summary_row(m) for m in all_metrics])
 
 
 def _severity(table: pd.DataFrame) -> pd.Series:
     """Sort key, worst first: failed, then by number of flags, then weakest evidence."""
+    import pandas as pd
+
     flags = table["flags"].fillna("").astype(str)
     count = flags.map(lambda text: len([f for f in text.split(";") if f]))
     evidence = pd.to_numeric(table.get("evidence"), errors="coerce").fillna(np.inf)
@@ -479,6 +488,8 @@ def summary_figure(path: str, table: pd.DataFrame, max_listed: int = 30) -> plt.
     """Cohort view of any size: distributions of the final similarity, landmark error and
     alignment evidence (every registration a dot, flagged ones red), and the flagged ones by
     name, worst first, with their reasons. Returns the (closed) figure."""
+    import pandas as pd
+
     n = len(table)
     severity = _severity(table)
     flagged = table.loc[severity.sort_values(ascending=False).index]
@@ -564,6 +575,7 @@ def cohort_table(results: dict[str, dict | None], failures: dict[str, str | None
     failures : dict
         ``{sample: logged failure reason or None}`` for the samples without metrics.
     """
+
     rows = []
     for sample, metrics in results.items():
         if metrics is None:
