@@ -126,3 +126,29 @@ def test_torn_region_gets_no_wild_vectors(ihc_rgb, seed):
     assert checked[near].max() < 5 and checked_size[in_tear].max() < 3  # … is gone
     assert np.median(checked[near]) < 0.5
     assert np.median(checked[~near & ~in_tear]) <= np.median(unchecked[~near & ~in_tear]) + 0.02
+
+
+def test_lucas_kanade_recovers_a_smooth_deformation_like_scikit_image(ihc_rgb):
+    """The closed-form ILK recovers a known smooth field (up to 4 px) where the image has
+    structure, as scikit-image's ``optical_flow_ilk`` (same method) does."""
+    from regflow.flow import flow_confidence, lucas_kanade
+    from scipy import ndimage as ndi
+    from skimage import registration
+
+    fixed = preprocess(ihc_rgb, "brightfield", "hematoxylin", True, 1.0).image
+    rng = np.random.default_rng(5)
+    truth = np.stack([ndi.gaussian_filter(rng.normal(size=fixed.shape), 40) for _ in range(2)])
+    truth *= 4.0 / np.abs(truth).max()
+    rows, cols = np.mgrid[: fixed.shape[0], : fixed.shape[1]].astype(float)
+    # moving(p + truth(p)) = fixed(p): sample the inverse (the field is smooth and small)
+    moving = ndi.map_coordinates(fixed, [rows - truth[0], cols - truth[1]], order=1,
+                                 mode="nearest").astype(np.float32)  # fmt: skip
+    ours = lucas_kanade(fixed, moving, radius=7, num_warp=3)
+    theirs = registration.optical_flow_ilk(fixed, moving, radius=7, num_warp=3,
+                                           prefilter=False, dtype=np.float32)  # fmt: skip
+    structured = flow_confidence(fixed, 7) > np.percentile(flow_confidence(fixed, 7), 50)
+    structured[:20] = structured[-20:] = structured[:, :20] = structured[:, -20:] = False
+    error_ours = np.hypot(*(ours - truth))[structured]
+    error_theirs = np.hypot(*(theirs - truth))[structured]
+    assert np.median(error_ours) < 0.25
+    assert np.median(error_ours) < np.median(error_theirs) + 0.05
