@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 from skimage import registration, transform
 
 from .metrics import gaussian, local_normalise, ncc
@@ -54,10 +53,9 @@ def flow_confidence(image: np.ndarray, radius: int) -> np.ndarray:
     the aperture problem), where a local solver returns arbitrary, often huge vectors.
     """
     grad_row, grad_col = np.gradient(image.astype(np.float32))
-    size = 2 * radius + 1
-    j_rr = ndi.uniform_filter(grad_row * grad_row, size)
-    j_cc = ndi.uniform_filter(grad_col * grad_col, size)
-    j_rc = ndi.uniform_filter(grad_row * grad_col, size)
+    j_rr = _box_mean(grad_row * grad_row, radius)
+    j_cc = _box_mean(grad_col * grad_col, radius)
+    j_rc = _box_mean(grad_row * grad_col, radius)
     smaller = 0.5 * (j_rr + j_cc - np.sqrt((j_rr - j_cc) ** 2 + 4.0 * j_rc**2))
     return np.clip(smaller, 0.0, None)
 
@@ -91,10 +89,15 @@ def regularise_two_scales(
 
 
 def warp_by_displacement(image: np.ndarray, displacement: np.ndarray) -> np.ndarray:
-    """Sample ``image`` at ``p + displacement(p)`` (bilinear, edge values continued outside)."""
-    rows, cols = np.meshgrid(np.arange(image.shape[0]), np.arange(image.shape[1]), indexing="ij")
-    coords = np.stack([rows + displacement[0], cols + displacement[1]])
-    return ndi.map_coordinates(image, coords, order=1, mode="nearest")
+    """Sample ``image`` at ``p + displacement(p)`` (bilinear, edge values continued outside;
+    OpenCV, positions resolved to 1/32 px), float32."""
+    import cv2
+
+    rows, cols = np.mgrid[: image.shape[0], : image.shape[1]].astype(np.float32)
+    return cv2.remap(np.ascontiguousarray(image, np.float32),
+                     cols + displacement[1].astype(np.float32),
+                     rows + displacement[0].astype(np.float32),
+                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
 
 
 def consistent(
@@ -131,15 +134,6 @@ def _box_mean(image: np.ndarray, radius: int) -> np.ndarray:
     return cv2.boxFilter(image, -1, (size, size), normalize=True, borderType=cv2.BORDER_REFLECT)
 
 
-def _warp_by_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """``image`` sampled at ``p + flow(p)`` (bilinear, edges continued; OpenCV)."""
-    import cv2
-
-    rows, cols = np.mgrid[: image.shape[0], : image.shape[1]].astype(np.float32)
-    return cv2.remap(image, cols + flow[1], rows + flow[0], cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-
-
 def lucas_kanade(
     fixed: np.ndarray, moving: np.ndarray, radius: int = 7, num_warp: int = 3, min_size: int = 16
 ) -> np.ndarray:
@@ -173,7 +167,7 @@ def lucas_kanade(
                                         interpolation=cv2.INTER_LINEAR) * ratio
                              for component, ratio in zip(flow, ratios, strict=True)])  # fmt: skip
         for _ in range(num_warp):
-            warped = _warp_by_flow(level_moving, flow)
+            warped = warp_by_displacement(level_moving, flow)
             grad_row, grad_col = np.gradient(warped)
             error = grad_row * flow[0] + grad_col * flow[1] + level_fixed - warped
             a_rr = _box_mean(grad_row * grad_row, radius)
