@@ -65,9 +65,20 @@ def _moving_coordinates(
     Works for any :class:`Transform` (identity, global, or with displacement) because it goes
     through full-resolution coordinates: working fixed → full fixed → full moving → working.
     """
+    to_full, to_working = np.linalg.inv(fixed.full_to_working), moving.full_to_working
+    if not (to_full[0, 1] or to_full[1, 0] or to_working[0, 1] or to_working[1, 0]):
+        # axis-aligned scalings (as preprocess makes them): the working grid is a grid of
+        # full-resolution positions, mapped separably by the transform
+        height, width = fixed.image.shape
+        y = to_full[1, 1] * np.arange(height) + to_full[1, 2]
+        x = to_full[0, 0] * np.arange(width) + to_full[0, 2]
+        coords = transform.moving_coordinates(y, x)
+        coords[0] = to_working[1, 1] * coords[0] + to_working[1, 2]
+        coords[1] = to_working[0, 0] * coords[1] + to_working[0, 2]
+        return coords.reshape(2, -1)
     rows, cols = np.mgrid[: fixed.image.shape[0], : fixed.image.shape[1]]
     points = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64)
-    full = apply_matrix(np.linalg.inv(fixed.full_to_working), points)
+    full = apply_matrix(to_full, points)
     moving_working = apply_matrix(moving.full_to_working, transform.fixed_to_moving(full))
     return np.stack([moving_working[:, 1], moving_working[:, 0]])
 

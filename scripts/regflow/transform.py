@@ -179,8 +179,9 @@ class Transform:
             out[index] = centre
         return out
 
-    def separable_parts(self, rows: slice, cols: slice):
-        """The moving coordinates of a block of the fixed grid as separable pieces.
+    def separable_parts(self, rows: slice | np.ndarray, cols: slice | np.ndarray):
+        """The moving coordinates of a block of the fixed grid as separable pieces (``rows``
+        and ``cols`` slices of the grid, or any increasing fixed-image row / column positions).
 
         For axis 0 (row) and 1 (col): ``coords[axis] = r[:, None] + c[None, :] + wy @ F @ wx.T``
         — the affine part as an outer sum and the displacement, bilinearly upsampled for this
@@ -196,8 +197,8 @@ class Transform:
         to_grid = self.fixed_full_to_working
         if self.has_displacement and (to_grid[0, 1] or to_grid[1, 0]):
             return None
-        y = np.arange(rows.start, rows.stop, dtype=np.float64)
-        x = np.arange(cols.start, cols.stop, dtype=np.float64)
+        y, x = (np.arange(v.start, v.stop, dtype=np.float64) if isinstance(v, slice)
+                else np.asarray(v, np.float64) for v in (rows, cols))  # fmt: skip
         weights = window = None
         if self.has_displacement:
             grid_h, grid_w = self.displacement.shape[1:]
@@ -213,8 +214,9 @@ class Transform:
             parts.append((cy * y + c0, cx * x, field))
         return parts, weights
 
-    def moving_coordinates(self, rows: slice, cols: slice) -> np.ndarray:
-        """Moving-image ``(row, col)`` sampling coordinates for a block of the fixed grid.
+    def moving_coordinates(self, rows: slice | np.ndarray, cols: slice | np.ndarray) -> np.ndarray:
+        """Moving-image ``(row, col)`` sampling coordinates for a block of the fixed grid
+        (``rows``, ``cols``: slices, or increasing fixed-image positions, e.g. another grid's).
 
         The displacement is bilinearly upsampled for this block only, separably (the grid is
         axis-aligned with the fixed image), which equals sampling it point by point.
@@ -225,14 +227,14 @@ class Transform:
         """
         separable = self.separable_parts(rows, cols)
         if separable is None:  # a general grid: point by point
-            y = np.arange(rows.start, rows.stop, dtype=np.float64)
-            x = np.arange(cols.start, cols.stop, dtype=np.float64)
+            y, x = (np.arange(v.start, v.stop, dtype=np.float64) if isinstance(v, slice)
+                    else np.asarray(v, np.float64) for v in (rows, cols))  # fmt: skip
             yy, xx = np.meshgrid(y, x, indexing="ij")
             points = np.stack([xx.ravel(), yy.ravel()], axis=1)
             mapped = self.fixed_to_moving(points)
             return np.stack([mapped[:, 1].reshape(xx.shape), mapped[:, 0].reshape(xx.shape)])
         parts, weights = separable
-        out = np.empty((2, rows.stop - rows.start, cols.stop - cols.start))
+        out = np.empty((2, len(parts[0][0]), len(parts[0][1])))
         for axis, (row_term, col_term, field) in enumerate(parts):
             np.add.outer(row_term, col_term, out=out[axis])
             if field is not None:
