@@ -223,3 +223,25 @@ def test_separable_fast_path_equals_the_general_path(ihc_rgb, amplitude):
     outside = (slow == fill.astype(np.uint8)[:, None, None]).all(axis=0)
     assert 0.05 < outside.mean() < 0.6  # the blocks do leave the image
     np.testing.assert_array_equal(fast, slow)
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("ome-tiff", "l.ome.tif"), ("ome-zarr", "l.ome.zarr")])
+def test_label_image_pyramid_levels_hold_only_its_labels(tmp_path, fmt, name):
+    """A label image is resampled by nearest neighbour, and its reduced levels take one
+    pixel per 2×2 block: a mean would invent labels between neighbouring cells."""
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.repeat(rng.integers(1, 60000, (48, 48)), 8, 0), 8, 1)
+    labels = labels.astype(np.uint16)[None]  # 384² of 8-px cells, 2304 distinct labels
+    write_ome_tiff(tmp_path / "labels.ome.tif", labels, ["labels"], 0.5, tile=128)
+    transform = _transform(labels.shape[1:], amplitude=3.0)
+    settings = {"order": 1, "tile": 128, "fill": "zero", "pyramid_min_size": 64,
+                "compression": "zlib", "format": fmt}  # fmt: skip
+    written = warp_file(str(tmp_path / "labels.ome.tif"), transform, str(tmp_path / name),
+                        "fluorescence", 0.5, settings)  # fmt: skip
+    assert written["order"] == 0
+    allowed = set(np.unique(labels)) | {0}
+    info = read_info(str(tmp_path / name))
+    assert len(info.level_shapes) >= 3
+    for level in range(len(info.level_shapes)):
+        values = set(np.unique(read_image(str(tmp_path / name), level)))
+        assert values <= allowed, f"level {level} has {len(values - allowed)} invented labels"

@@ -25,8 +25,12 @@ from .formats import (  # noqa: F401 (re-exported)
 )
 
 
-def _downsample2(image: np.ndarray) -> np.ndarray:
-    """Halve a ``(C, Y, X)`` image by 2×2 block averaging, keeping its dtype."""
+def _downsample2(image: np.ndarray, labels: bool = False) -> np.ndarray:
+    """Halve a ``(C, Y, X)`` image by 2×2 block averaging, keeping its dtype; ``labels``
+    (label images, masks) take one pixel of each block instead: averaging would invent
+    labels that exist nowhere."""
+    if labels:
+        return image[:, ::2, ::2]
     channels, height, width = image.shape
     padded = image
     if height % 2 or width % 2:
@@ -147,8 +151,9 @@ class TileStore:
         self.path.unlink(missing_ok=True)
 
 
-def _halve_store(source: TileStore, path: Path) -> TileStore:
-    """The next pyramid level (2×2 block mean) of a tile store, one output tile at a time."""
+def _halve_store(source: TileStore, path: Path, labels: bool = False) -> TileStore:
+    """The next pyramid level (:func:`_downsample2`) of a tile store, one output tile at a
+    time."""
     channels, height, width = source.shape
     shape = (channels, max(1, -(-height // 2)), max(1, -(-width // 2)))
     target = TileStore(path, shape, source.dtype, source.tile)
@@ -167,7 +172,7 @@ def _halve_store(source: TileStore, path: Path) -> TileStore:
                             :,
                             dy * half : dy * half + -(-part.shape[1] // 2),
                             dx * half : dx * half + -(-part.shape[2] // 2),
-                        ] = _downsample2(part)
+                        ] = _downsample2(part, labels)
             target.put(row, col, block)
     return target
 
@@ -181,10 +186,12 @@ def pyramid_shapes(shape: tuple[int, ...], min_size: int) -> list[tuple[int, ...
     return shapes
 
 
-def _put_half(store: TileStore, row: int, col: int, block: np.ndarray) -> None:
+def _put_half(
+    store: TileStore, row: int, col: int, block: np.ndarray, labels: bool = False
+) -> None:
     """Put the 2× reduction of level-``k`` tile ``(row, col)`` into its quarter of the
     level-``k+1`` store (the same result as halving the whole level, tile by tile)."""
-    half = _downsample2(block)
+    half = _downsample2(block, labels)
     y0, x0 = (row % 2) * store.tile // 2, (col % 2) * store.tile // 2
     store.put_part(row // 2, col // 2, y0, x0, half)
 
@@ -197,8 +204,9 @@ class PyramidSink:
     Temporary stores live beside ``stem``; :meth:`close` removes them.
     """
 
-    def __init__(self, stem: str, shape: tuple[int, int, int], dtype, tile: int, min_size: int):
-        self.stem, self.tile = stem, tile
+    def __init__(self, stem: str, shape: tuple[int, int, int], dtype, tile: int, min_size: int,
+                 labels: bool = False):  # fmt: skip
+        self.stem, self.tile, self.labels = stem, tile, labels
         self.shapes = pyramid_shapes(shape, min_size)
         self.dtype = np.dtype(dtype)
         self.stores: list[TileStore] = []
@@ -209,7 +217,7 @@ class PyramidSink:
         """Pass level-0 ``(row, col, block)`` through, halving each into level 1."""
         for row, col, block in blocks:
             if self.stores:
-                _put_half(self.stores[0], row, col, block)
+                _put_half(self.stores[0], row, col, block, self.labels)
             yield row, col, block
 
     def levels(self):
@@ -217,7 +225,7 @@ class PyramidSink:
         for depth in range(1, len(self.shapes)):
             if depth > len(self.stores):
                 path = Path(f"{self.stem}.level{depth}")
-                self.stores.append(_halve_store(self.stores[-1], path))
+                self.stores.append(_halve_store(self.stores[-1], path, self.labels))
             yield self.stores[depth - 1]
 
     def close(self) -> None:
@@ -251,6 +259,7 @@ def write_ome_tiff_tiled(
     pyramid_min_size: int = 1024,
     compression: str | None = "zlib",
     threads: int = 1,
+    labels: bool = False,
 ) -> None:
     """Stream a ``(C, Y, X)`` image given block by block into a pyramidal OME-TIFF, atomically.
 
@@ -266,6 +275,8 @@ def write_ome_tiff_tiled(
         each ``(C, h, w)``.
     threads : int
         Tiles compressed in parallel.
+    labels : bool
+        A label image or mask: reduced levels take one pixel per 2×2 block (never a mean).
     Other parameters as in :func:`write_ome_tiff`.
     """
     path = Path(path)
@@ -274,7 +285,7 @@ def write_ome_tiff_tiled(
     for stale in path.parent.glob(f".{path.name}.*.tmp*"):
         stale.unlink(missing_ok=True)
     stem = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pyramid = PyramidSink(str(stem), shape, dtype, tile, pyramid_min_size)
+    pyramid = PyramidSink(str(stem), shape, dtype, tile, pyramid_min_size, labels)
     level0 = None
     try:
         metadata: dict = {"axes": "YXS" if rgb else "CYX"}
@@ -381,6 +392,7 @@ def write_ome_zarr_tiled(
     pyramid_min_size: int = 1024,
     compression: str | None = "zlib",
     threads: int = 1,
+    labels: bool = False,
 ) -> None:
     """Stream a ``(C, Y, X)`` image into an OME-Zarr (NGFF 0.4: Zarr v2, ``/``-separated
     chunks), atomically: a temporary folder renamed when complete.
@@ -400,7 +412,7 @@ def write_ome_zarr_tiled(
     for stale in path.parent.glob(f".{path.name}.*.tmp*"):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
     stem = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pyramid = PyramidSink(f"{stem}.store", shape, dtype, tile, pyramid_min_size)
+    pyramid = PyramidSink(f"{stem}.store", shape, dtype, tile, pyramid_min_size, labels)
     codec = None if compression is None else numcodecs.Zlib(level=6)
     try:
         group = zarr.open_group(str(stem), mode="w", zarr_format=2)

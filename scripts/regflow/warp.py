@@ -400,6 +400,7 @@ def warp_file(
             compression=None if settings["compression"] == "none" else settings["compression"],
             threads=threads,
             fmt=settings.get("format", "ome-tiff"),
+            labels=order == 0,
         )
     return {
         "channels": info.channel_names[:n_channels],
