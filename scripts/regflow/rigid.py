@@ -348,21 +348,21 @@ def _similarity_ransac(
     c, t = c[plausible], t[plausible]
     counts = (np.abs(c[:, None] * z[None, :] + t[:, None] - w[None, :]) < threshold).sum(axis=1)
     best = int(np.argmax(counts))
-    inliers = np.abs(c[best] * z + t[best] - w) < threshold
-    # least squares on the inliers (centred: c = Σ w'·conj(z') / Σ |z'|²)
+    scale_rotation, shift = c[best], t[best]
+    inliers = np.abs(scale_rotation * z + shift - w) < threshold
+    # least squares on the inliers (centred: c = Σ w'·conj(z') / Σ |z'|²), kept when it is
+    # plausible and keeps at least as many inliers
     zc, wc = z[inliers] - z[inliers].mean(), w[inliers] - w[inliers].mean()
     if np.sum(np.abs(zc) ** 2) > 0:
-        c_fit = np.sum(wc * np.conj(zc)) / np.sum(np.abs(zc) ** 2)
-        if scale_range[0] <= abs(c_fit) <= scale_range[1]:
-            c_best = c_fit
-            t_best = w[inliers].mean() - c_fit * z[inliers].mean()
-            refit = np.abs(c_best * z + t_best - w) < threshold
-            if refit.sum() >= inliers.sum():
-                inliers, c, t, best = refit, np.array([c_best]), np.array([t_best]), 0
+        fitted = np.sum(wc * np.conj(zc)) / np.sum(np.abs(zc) ** 2)
+        fitted_shift = w[inliers].mean() - fitted * z[inliers].mean()
+        refit = np.abs(fitted * z + fitted_shift - w) < threshold
+        if scale_range[0] <= abs(fitted) <= scale_range[1] and refit.sum() >= inliers.sum():
+            scale_rotation, shift, inliers = fitted, fitted_shift, refit
     matrix = np.array(
         [
-            [c[best].real, -c[best].imag, t[best].real],
-            [c[best].imag, c[best].real, t[best].imag],
+            [scale_rotation.real, -scale_rotation.imag, shift.real],
+            [scale_rotation.imag, scale_rotation.real, shift.imag],
             [0.0, 0.0, 1.0],
         ]
     )
