@@ -428,7 +428,7 @@ def feature_candidates(
                 "mirror": mirror,
                 "inliers": int(inliers.sum()),
                 "matches": len(matches),
-            }  # fmt: skip
+            }
         )
     return out
 
