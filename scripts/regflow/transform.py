@@ -72,6 +72,13 @@ def bilinear(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     return top * (1.0 - fr) + bottom * fr
 
 
+def _positions(index: slice | np.ndarray) -> np.ndarray:
+    """Fixed-image rows or columns as float64 positions: a slice of the grid, or given."""
+    if isinstance(index, slice):
+        return np.arange(index.start, index.stop, dtype=np.float64)
+    return np.asarray(index, np.float64)
+
+
 def apply_matrix(matrix: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
     """Apply a homogeneous 3×3 matrix to ``(n, 2)`` points."""
     points_xy = np.asarray(points_xy, dtype=np.float64)
@@ -199,8 +206,7 @@ class Transform:
         to_grid = self.fixed_full_to_working
         if self.has_displacement and (to_grid[0, 1] or to_grid[1, 0]):
             return None
-        y, x = (np.arange(v.start, v.stop, dtype=np.float64) if isinstance(v, slice)
-                else np.asarray(v, np.float64) for v in (rows, cols))  # fmt: skip
+        y, x = _positions(rows), _positions(cols)
         weights = window = None
         if self.has_displacement:
             grid_h, grid_w = self.displacement.shape[1:]
@@ -229,8 +235,7 @@ class Transform:
         """
         separable = self.separable_parts(rows, cols)
         if separable is None:  # a general grid: point by point
-            y, x = (np.arange(v.start, v.stop, dtype=np.float64) if isinstance(v, slice)
-                    else np.asarray(v, np.float64) for v in (rows, cols))  # fmt: skip
+            y, x = _positions(rows), _positions(cols)
             yy, xx = np.meshgrid(y, x, indexing="ij")
             points = np.stack([xx.ravel(), yy.ravel()], axis=1)
             mapped = self.fixed_to_moving(points)

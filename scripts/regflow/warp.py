@@ -89,36 +89,42 @@ def warp_tile(
     -------
     ndarray, shape (C, len(rows), len(cols)), ``source.dtype``
     """
-    channels = source.shape[0]
     fill_values = _cast(np.asarray(fill, np.float64), source.dtype)
+    block_shape = (rows.stop - rows.start, cols.stop - cols.start)
     if order == 1:
         maps = _linear_maps(transform, rows, cols, source.shape[1:])
+        if maps == "outside":
+            return _filled(fill_values, block_shape, source.dtype)
         if maps is not None:
-            if maps == "outside":
-                return np.broadcast_to(fill_values[:, None, None],
-                                       (channels, rows.stop - rows.start,
-                                        cols.stop - cols.start)).copy()  # fmt: skip
             window, map_x, map_y, outside = maps
-            values = _remap(source.read(*window), map_x, map_y)
-            if outside is not None and outside.any():
-                values[:, outside] = fill_values[:, None]
-            return values
+            return _fill_outside(_remap(source.read(*window), map_x, map_y), outside,
+                                 fill_values)  # fmt: skip
     coords = transform.moving_coordinates(rows, cols)
+    if order == 1:  # the positions as sampled (resample's own rounding is then a no-op)
+        coords = np.rint(coords * _QUANTUM) / _QUANTUM
     # Cubic splines are prefiltered over the window: its edge effect decays as 0.27^distance,
     # so 16 px of margin make the result match the whole-image prefilter to ~1e-9.
     window = _source_window(coords, source.shape[1:], margin=16 if order > 1 else 2)
     if window is None:
-        out = np.empty((channels, *coords.shape[1:]), dtype=source.dtype)
-        out[:] = fill_values[:, None, None]
-        return out
+        return _filled(fill_values, block_shape, source.dtype)
     region = source.read(*window)
     # Coordinates outside the whole image take the fill value; inside, the window holds every
     # neighbour the interpolation needs, so the result equals sampling the whole image.
-    # (bilinear: judged on the positions as sampled, on their 1/_QUANTUM-px grid)
-    judged = np.rint(coords * _QUANTUM) / _QUANTUM if order == 1 else coords
-    outside = ~inside_image(judged[1], judged[0], source.shape)
+    outside = ~inside_image(coords[1], coords[0], source.shape)
     values = resample(region, coords, order, origin=(window[0].start, window[1].start))
-    if outside.any():
+    return _fill_outside(values, outside, fill_values)
+
+
+def _filled(fill_values: np.ndarray, shape: tuple[int, int], dtype) -> np.ndarray:
+    """A block of ``shape`` holding each channel's fill value (a block outside the image)."""
+    out = np.empty((len(fill_values), *shape), dtype=dtype)
+    out[:] = fill_values[:, None, None]
+    return out
+
+
+def _fill_outside(values: np.ndarray, outside: np.ndarray | None, fill_values) -> np.ndarray:
+    """``values`` with the pixels ``outside`` the moving image set to the fill values."""
+    if outside is not None and outside.any():
         values[:, outside] = fill_values[:, None]
     return values
 
