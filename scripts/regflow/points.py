@@ -24,6 +24,16 @@ class PointsError(ValueError):
     """A point file cannot be used; the message names the file and what to do."""
 
 
+def _require_xy(path, columns: list) -> None:
+    """The error for a point file without ``X`` and ``Y`` columns (named, with what it has)."""
+    missing = [c for c in ("X", "Y") if c not in columns]
+    if missing:
+        raise PointsError(
+            f"{path}: missing column(s) {', '.join(missing)}; a point file needs columns X "
+            f"(column, px) and Y (row, px); found {columns}"
+        )
+
+
 def read_points_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a point CSV, checking for numeric ``X`` and ``Y`` columns."""
     import pandas as pd
@@ -36,12 +46,7 @@ def read_points_table(path: str | os.PathLike) -> pd.DataFrame:
         raise PointsError(f"{path}: cannot be read as CSV ({exc})") from exc
     unnamed = [c for c in table.columns if str(c).startswith("Unnamed:") or str(c) == ""]
     table = table.drop(columns=unnamed)
-    missing = [c for c in ("X", "Y") if c not in table.columns]
-    if missing:
-        raise PointsError(
-            f"{path}: missing column(s) {', '.join(missing)}; a point file needs columns X "
-            f"(column, px) and Y (row, px); found {list(table.columns)}"
-        )
+    _require_xy(path, list(table.columns))
     for column in ("X", "Y"):
         values = pd.to_numeric(table[column], errors="coerce")
         if values.isna().any() and not table[column].isna().equals(values.isna()):
@@ -62,13 +67,7 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
         raise PointsError(f"{path}: cannot be read as CSV ({exc})") from exc
     rows = [row for row in rows if any(cell.strip() for cell in row)]  # blank lines skipped
     header = [name.strip() for name in rows[0]] if rows else []
-    missing = [c for c in ("X", "Y") if c not in header]
-    if missing:
-        found = [c for c in header if c and not c.startswith("Unnamed:")]
-        raise PointsError(
-            f"{path}: missing column(s) {', '.join(missing)}; a point file needs columns X "
-            f"(column, px) and Y (row, px); found {found}"
-        )
+    _require_xy(path, [c for c in header if c and not c.startswith("Unnamed:")])
     columns = [header.index("X"), header.index("Y")]
     points = np.full((len(rows) - 1, 2), np.nan)
     for row_index, row in enumerate(rows[1:]):
