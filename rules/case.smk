@@ -55,6 +55,6 @@ rule case_qc:
         reference=case_value("reference"),
         reference_modality=case_value("reference_modality"),
         reference_channel=case_value("reference_channel"),
-        code=library_hash("qc", "formats", "preprocess", "runlog"),
+        code=library_hash("qc", "formats", "channels", "preprocess", "runlog"),
     script:
         "../scripts/case_qc.py"

@@ -24,6 +24,6 @@ rule preprocess:
     params:
         section=config["preprocess"],
         row=sample_row,
-        code=library_hash("io", "formats", "preprocess", "runlog"),
+        code=library_hash("io", "formats", "channels", "preprocess", "runlog"),
     script:
         "../scripts/preprocess.py"

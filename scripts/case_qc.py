@@ -1,8 +1,9 @@
 """Rule case_qc: every image of a case over its reference, with per-image rTRE and NCC."""
 
 import numpy as np
+from regflow.channels import resolve_channel
 from regflow.formats import choose_level, open_slide
-from regflow.preprocess import downsample, registration_channel, resolve_channel
+from regflow.preprocess import downsample, registration_channel
 from regflow.qc import case_figure
 from regflow.runlog import read_json, stage_log
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 
 def gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -16,6 +15,8 @@ def gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
 
     image = np.ascontiguousarray(image, np.float32)
     if image.ndim != 2 or sigma <= 0:
+        from scipy import ndimage as ndi  # n-D images only: the 2-D stages skip scipy
+
         return ndi.gaussian_filter(image, sigma)
     return cv2.GaussianBlur(image, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
 

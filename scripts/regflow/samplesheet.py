@@ -13,9 +13,9 @@ import pandas as pd
 
 from .annotations import AnnotationError, read_features
 from .cases import MODEL_COLUMNS, PAIR_COLUMNS, associated_name
+from .channels import MODALITIES, ChannelError, resolve_channel
 from .formats import ImageInfo, ImageReadError, pixel_size_override, verify_image
 from .points import PointsError, read_points
-from .preprocess import MODALITIES, ChannelError, resolve_channel
 from .warp import associated_scale
 
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

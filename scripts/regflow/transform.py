@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +114,9 @@ class Transform:
             moving_shape=tuple(moving_shape),
         )
 
-    @property
+    @cached_property
     def has_displacement(self) -> bool:
+        # asked per output tile: computed once (a transform's field is never changed in place)
         return bool(np.any(self.displacement))
 
     def displacement_at(self, points_xy: np.ndarray) -> np.ndarray:
