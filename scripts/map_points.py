@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
 from regflow.points import map_points_table, read_points_table, write_points  # noqa: E402
 from regflow.transform import Transform  # noqa: E402
 
@@ -31,7 +32,7 @@ def main() -> None:
     table = read_points_table(args.points)
     mapped = map_points_table(table, Transform.load(args.transform), args.direction)
     write_points(args.out, mapped)
-    lost = int(mapped["X"].isna().sum() - table["X"].isna().sum())
+    lost = int(np.isnan(mapped.xy[:, 0]).sum() - np.isnan(table.xy[:, 0]).sum())
     print(f"mapped {len(table)} point(s) {args.direction}; {lost} could not be mapped")
 
 

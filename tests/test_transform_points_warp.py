@@ -54,13 +54,32 @@ def test_point_table_keeps_rows_and_columns(tmp_path):
         csv, index=True
     )
     table = read_points_table(csv)
+    assert table.header == ["X", "Y", "area"]  # the unnamed index column is dropped
     mapped = map_points_table(table, transform, "moving_to_fixed")
     assert len(mapped) == 3
-    assert list(mapped["area"]) == [3, 4, 5]
-    assert np.isnan(mapped.loc[1, "X"])  # far outside: unmapped, but the row is kept
+    assert mapped.column("area") == ["3", "4", "5"]
+    assert np.isnan(mapped.xy[1, 0])  # far outside: unmapped, but the row is kept
+    np.testing.assert_allclose(mapped.xy[[0, 2]], transform.moving_to_fixed(table.xy[[0, 2]]))
     write_points(tmp_path / "out.csv", mapped)
     written = pd.read_csv(tmp_path / "out.csv")
     assert len(written) == 3 and written["X"].isna().sum() == 1
+    assert list(written["area"]) == [3, 4, 5]
+    np.testing.assert_allclose(written[["X", "Y"]].to_numpy()[[0, 2]], mapped.xy[[0, 2]])
+
+
+def test_point_table_writes_other_columns_as_they_were(tmp_path):
+    """Text, empty cells and number formats of the other columns survive a mapping as they
+    were read (no type guessing), and empty coordinates stay empty."""
+    csv = tmp_path / "cells.csv"
+    csv.write_text('id,X,Y,class,area\n007,10.5,20,tumour,1.50\nb,,,,\n\nc,30,40,"a, b",2e3\n')
+    table = read_points_table(csv)
+    assert len(table) == 3 and np.isnan(table.xy[1]).all()
+    write_points(tmp_path / "out.csv", map_points_table(table, _transform(), "moving_to_fixed"))
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0] == "id,X,Y,class,area"
+    assert lines[1].startswith("007,") and lines[1].endswith(",tumour,1.50")
+    assert lines[2] == "b,,,,"
+    assert lines[3].endswith(',"a, b",2e3')
 
 
 def test_landmark_file_without_xy_is_an_error(tmp_path):

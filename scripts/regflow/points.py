@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .transform import Transform, inside_image
-
-if TYPE_CHECKING:  # pandas costs ~0.3 s to import: only the point tables need it
-    import pandas as pd
 
 
 class PointsError(ValueError):
@@ -34,30 +31,42 @@ def _require_xy(path, columns: list) -> None:
         )
 
 
-def read_points_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a point CSV, checking for numeric ``X`` and ``Y`` columns."""
-    import pandas as pd
+@dataclass(frozen=True)
+class PointTable:
+    """A point CSV as read: the header and rows as text — every column other than ``X`` and
+    ``Y`` is written back exactly as it was (ids, classes, measurements) — and the
+    coordinates as numbers.
 
-    try:
-        table = pd.read_csv(path)
-    except FileNotFoundError as exc:
-        raise PointsError(f"{path}: file not found") from exc
-    except Exception as exc:
-        raise PointsError(f"{path}: cannot be read as CSV ({exc})") from exc
-    unnamed = [c for c in table.columns if str(c).startswith("Unnamed:") or str(c) == ""]
-    table = table.drop(columns=unnamed)
-    _require_xy(path, list(table.columns))
-    for column in ("X", "Y"):
-        values = pd.to_numeric(table[column], errors="coerce")
-        if values.isna().any() and not table[column].isna().equals(values.isna()):
-            raise PointsError(f"{path}: column {column} has non-numeric values")
-        table[column] = values
-    return table
+    Attributes
+    ----------
+    header : list of str
+        Column names (an unnamed leading index column, as in the ANHIR files, is dropped).
+    rows : list of list of str
+        One list of cells per point, as many as the header.
+    xy : ndarray, shape (n, 2)
+        ``(X, Y)`` float64; NaN where a cell is empty.
+    """
+
+    header: list[str]
+    rows: list[list[str]]
+    xy: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def column(self, name: str) -> list[str]:
+        """The cells of one column, as text."""
+        index = self.header.index(name)
+        return [row[index] for row in self.rows]
+
+    def with_xy(self, xy: np.ndarray) -> PointTable:
+        """The same rows and columns with new coordinates."""
+        return PointTable(self.header, self.rows, np.asarray(xy, np.float64).reshape(-1, 2))
 
 
-def read_points(path: str | os.PathLike) -> np.ndarray:
-    """Points ``(n, 2)`` as ``(x, y)`` float64 (empty cells NaN); the checks of
-    :func:`read_points_table`, without pandas (QC reads points on its hot path)."""
+def read_points_table(path: str | os.PathLike) -> PointTable:
+    """Read a point CSV, checking for numeric ``X`` and ``Y`` columns (no pandas: the point
+    jobs and QC read points on their hot path)."""
     try:
         with open(path, newline="") as handle:
             rows = list(csv.reader(handle))
@@ -67,27 +76,48 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
         raise PointsError(f"{path}: cannot be read as CSV ({exc})") from exc
     rows = [row for row in rows if any(cell.strip() for cell in row)]  # blank lines skipped
     header = [name.strip() for name in rows[0]] if rows else []
-    _require_xy(path, [c for c in header if c and not c.startswith("Unnamed:")])
+    kept = [i for i, name in enumerate(header) if name and not name.startswith("Unnamed:")]
+    header = [header[i] for i in kept]
+    _require_xy(path, header)
+    body = [[row[i] if i < len(row) else "" for i in kept] for row in rows[1:]]
     columns = [header.index("X"), header.index("Y")]
-    points = np.full((len(rows) - 1, 2), np.nan)
-    for row_index, row in enumerate(rows[1:]):
+    xy = np.full((len(body), 2), np.nan)
+    for row_index, row in enumerate(body):
         for axis, column in enumerate(columns):
-            cell = row[column].strip() if column < len(row) else ""
+            cell = row[column].strip()
             if cell:
                 try:
-                    points[row_index, axis] = float(cell)
+                    xy[row_index, axis] = float(cell)
                 except ValueError:
                     name = "XY"[axis]
                     raise PointsError(f"{path}: column {name} has non-numeric values") from None
-    return points
+    return PointTable(header, body, xy)
 
 
-def write_points(path: str | os.PathLike, table: pd.DataFrame) -> None:
-    """Write a point table atomically; NaN coordinates become empty cells."""
+def read_points(path: str | os.PathLike) -> np.ndarray:
+    """Points ``(n, 2)`` as ``(x, y)`` float64 (empty cells NaN), with the checks of
+    :func:`read_points_table`."""
+    return read_points_table(path).xy
+
+
+def write_points(path: str | os.PathLike, table: PointTable) -> None:
+    """Write a point table atomically; NaN coordinates become empty cells, the other
+    columns are written as they were read."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False, na_rep="")
-    os.replace(tmp, path)
+    columns = [table.header.index("X"), table.header.index("Y")]
+    try:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(table.header)
+            for row, xy in zip(table.rows, table.xy, strict=True):
+                cells = list(row)
+                for column, value in zip(columns, xy, strict=True):
+                    cells[column] = repr(float(value)) if np.isfinite(value) else ""
+                writer.writerow(cells)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def map_points(points: np.ndarray, transform: Transform, direction: str) -> np.ndarray:
@@ -113,8 +143,8 @@ def map_points(points: np.ndarray, transform: Transform, direction: str) -> np.n
 
 
 def map_points_table(
-    table: pd.DataFrame, transform: Transform, direction: str = "moving_to_fixed"
-) -> pd.DataFrame:
+    table: PointTable, transform: Transform, direction: str = "moving_to_fixed"
+) -> PointTable:
     """Map the ``X, Y`` columns of a point table; rows and other columns are kept.
 
     Parameters
@@ -123,7 +153,4 @@ def map_points_table(
         Points that cannot be mapped (outside the target image) get NaN coordinates; they are
         never dropped, so row i of the output still corresponds to row i of the input.
     """
-    mapped = map_points(table[["X", "Y"]].to_numpy(np.float64), transform, direction)
-    out = table.copy()
-    out["X"], out["Y"] = mapped[:, 0], mapped[:, 1]
-    return out
+    return table.with_xy(map_points(table.xy, transform, direction))
