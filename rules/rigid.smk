@@ -2,6 +2,7 @@ rule rigid:
     input:
         fixed=rules.preprocess.output.fixed,
         moving=rules.preprocess.output.moving,
+        info=rules.preprocess.output.info,
     output:
         f"{OUTDIR}/{{sample}}/rigid.json",
     log:

@@ -203,3 +203,71 @@ def test_torn_section_on_a_larger_slide(ihc_small, angle, scale):
     result = register_rigid(fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask)
     error = np.linalg.norm(apply_matrix(result.fixed_to_moving, points[kept]) - truth[kept], axis=1)
     assert np.median(error) < 0.5
+
+
+def test_scale_range_is_wide_only_without_pixel_sizes():
+    from regflow.rigid import UNKNOWN_PIXEL_SIZE_SCALE_CHANGE, trusted_scale_change
+
+    assert trusted_scale_change(0.25, pixel_sizes_known=True) == 0.25
+    assert trusted_scale_change(0.25, pixel_sizes_known=False) == UNKNOWN_PIXEL_SIZE_SCALE_CHANGE
+    assert trusted_scale_change(0.8, pixel_sizes_known=False) == 0.8  # never narrower
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.6])
+def test_magnification_difference_without_pixel_sizes(tmp_path, ihc_rgb, scale):
+    """Two exports of one slide at different magnifications, neither with a pixel size (a
+    20× against a 40× JPEG/TIFF): the scale is found by the spectra over × / ÷ 3; with the
+    ±25 % of known pixel sizes it would be out of reach."""
+    from regflow.io import write_ome_tiff
+    from regflow.pipeline import register_files
+
+    image = ihc_rgb[:, :384, :384]
+    shape = (int(384 * scale), int(384 * scale))
+    warp = KnownWarp(angle_deg=-35.0, scale=scale, shift=(6.0, -4.0))
+    moving = render_moving(image, warp, shape, np.full(3, 255.0)).round().astype(np.uint8)
+    write_ome_tiff(tmp_path / "fixed.ome.tif", image, ["R", "G", "B"], rgb=True)
+    write_ome_tiff(tmp_path / "moving.ome.tif", moving, ["R", "G", "B"], rgb=True)
+    result = register_files(str(tmp_path / "fixed.ome.tif"), str(tmp_path / "moving.ome.tif"))
+    signal = preprocess(image, "brightfield", "luminance", True, 1.0).image
+    points = fixed_landmarks(signal, margin=48)
+    truth = map_landmarks(points, warp, image.shape[1:], shape)
+    error = np.linalg.norm(result.transform.moving_to_fixed(truth) - points, axis=1)
+    assert result.rigid.scale == pytest.approx(scale, rel=0.02)
+    assert np.median(error) < 1.0
+
+
+def test_final_refinement_keeps_the_best_of_near_tied_starts(ihc_small, monkeypatch):
+    """Near-tied verified starts (one pose reached from several candidates) are each refined
+    and the optimum with the best objective is returned, not the first start's."""
+    import regflow.rigid as rigid
+
+    warp = KnownWarp(angle_deg=25.0, scale=1.03, shift=(4.0, -3.0), elastic_px=3.0)
+    fixed, moving, points, truth = _pair(ihc_small, warp)
+    outputs = []
+    original = rigid.refine
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if (args[4] if len(args) > 4 else kwargs.get("model")) == "affine":
+            outputs.append(out)
+        return out
+
+    monkeypatch.setattr(rigid, "refine", recording)
+    result = register_rigid(fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask)
+    # starts in the order refined: the chosen (best structure) first, then the near-ties
+    refined = sorted((c for c in result.candidates if "refined" in c),
+                     key=lambda c: -c["structure"])  # fmt: skip
+    assert 2 <= len(refined) == len(outputs) <= 3
+    assert all(c["structure"] >= 0.95 * refined[0]["structure"] for c in refined)
+    # the objective of each optimum, as the refinement measures it (locally normalised NCC
+    # at the refinement level — here the working resolution, so matrices compare directly)
+    level = rigid._Level(fixed.image.astype(np.float32), moving.image.astype(np.float32),
+                         fixed.tissue_mask, moving.tissue_mask, 512)  # fmt: skip
+    contrast = level.contrast(0.016)
+    objectives = [rigid._masked_ncc(*contrast, fixed.tissue_mask, moving.tissue_mask, m)
+                  for m in outputs]  # fmt: skip
+    np.testing.assert_allclose(objectives, [c["refined"] for c in refined], atol=6e-5)
+    np.testing.assert_allclose(result.fixed_to_moving, outputs[int(np.argmax(objectives))],
+                               atol=1e-9)  # fmt: skip
+    error = np.linalg.norm(apply_matrix(result.fixed_to_moving, points) - truth, axis=1)
+    assert np.median(error) < 1.0
