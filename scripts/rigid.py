@@ -3,7 +3,7 @@
 import time
 
 import numpy as np
-from regflow.rigid import register_rigid, to_full_resolution, trusted_scale_change
+from regflow.rigid import register_rigid, to_full_resolution
 from regflow.runlog import provenance, read_json, stage_log, write_json
 
 sample = snakemake.wildcards.sample
@@ -15,7 +15,6 @@ with stage_log(snakemake.log[0], "rigid", sample) as log:
     images = read_json(snakemake.input.info)
     # without both pixel sizes the magnifications may differ: a wider scale range
     known = bool(images["fixed"]["pixel_size_um"] and images["moving"]["pixel_size_um"])
-    max_scale_change = trusted_scale_change(settings["max_scale_change"], known)
     result = register_rigid(
         fixed["image"],
         moving["image"],
@@ -27,7 +26,8 @@ with stage_log(snakemake.log[0], "rigid", sample) as log:
         coarse_angle_step=settings["coarse_angle_step"],
         allow_mirror=settings["allow_mirror"],
         mirror_ratio=settings["mirror_ratio"],
-        max_scale_change=max_scale_change,
+        max_scale_change=settings["max_scale_change"],
+        pixel_sizes_known=known,
         local_contrast=settings["local_contrast"],
         features=settings["features"],
         clear_ratio=settings["clear_ratio"],
@@ -36,10 +36,8 @@ with stage_log(snakemake.log[0], "rigid", sample) as log:
         result.fixed_to_moving, fixed["full_to_working"], moving["full_to_working"]
     )
     log.info(
-        "scale range ±%.2f (pixel sizes %s); rotation %.2f°, scale %.4f, mirrored %s; "
-        "NCC %.4f → %.4f",
-        max_scale_change,
-        "known" if known else "unknown",
+        "pixel sizes %s; rotation %.2f°, scale %.4f, mirrored %s; NCC %.4f → %.4f",
+        "known" if known else "unknown (scales up to × / ÷ 3 searched)",
         result.rotation_deg,
         result.scale,
         result.mirrored,
@@ -55,7 +53,7 @@ with stage_log(snakemake.log[0], "rigid", sample) as log:
             "rotation_deg": result.rotation_deg,
             "scale": result.scale,
             "mirrored": result.mirrored,
-            "max_scale_change": max_scale_change,
+            "pixel_sizes_known": known,
             "translation_px": affine[:2, 2],
             "ncc_initial": result.ncc_initial,
             "ncc_rigid": result.ncc,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from . import flow
 from .formats import read_info, with_pixel_size
 from .preprocess import Preprocessed, pair_scales, preprocess_file
-from .rigid import RigidResult, register_rigid, to_full_resolution, trusted_scale_change
+from .rigid import RigidResult, register_rigid, to_full_resolution
 from .transform import Transform
 
 
@@ -73,11 +73,13 @@ def register_files(
 
     start = time.perf_counter()
     known = bool(fixed_info.pixel_size_um and moving_info.pixel_size_um)
-    rigid = rigid | {
-        "max_scale_change": trusted_scale_change(rigid.get("max_scale_change", 0.25), known)
-    }
     rigid_result = register_rigid(
-        fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask, **rigid
+        fixed.image,
+        moving.image,
+        fixed.tissue_mask,
+        moving.tissue_mask,
+        pixel_sizes_known=known,
+        **rigid,
     )
     affine = to_full_resolution(
         rigid_result.fixed_to_moving, fixed.full_to_working, moving.full_to_working

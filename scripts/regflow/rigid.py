@@ -663,6 +663,7 @@ def register_rigid(
     coarse_angle_step: float = 15.0,
     allow_mirror: bool = True,
     max_scale_change: float = 0.25,
+    pixel_sizes_known: bool = True,
     n_translation_peaks: int = 3,
     n_verified: int = 4,
     local_contrast: float = 0.016,
@@ -696,8 +697,11 @@ def register_rigid(
     mirror_ratio : float
         How clearly a mirrored solution must win.
     max_scale_change : float
-        Largest scale change trusted from the spectra and the feature matches (see
-        :func:`trusted_scale_change`).
+        Largest scale change trusted from the spectra and the feature matches when
+        ``pixel_sizes_known``; otherwise at least × / ÷ 3 (:func:`trusted_scale_change`).
+    pixel_sizes_known : bool
+        Both images' pixel sizes are known (from the files or the sample sheet), so the
+        working images share one pixel size.
     n_translation_peaks : int
         Phase-correlation peaks scored per rotation candidate.
     n_verified : int
@@ -713,6 +717,7 @@ def register_rigid(
     clear_ratio : float
         See ``features``.
     """
+    max_scale_change = trusted_scale_change(max_scale_change, pixel_sizes_known)
     fixed = fixed.astype(np.float32)
     moving = moving.astype(np.float32)
     fine = _Level(fixed, moving, fixed_mask, moving_mask, refine_size)
