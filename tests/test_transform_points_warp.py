@@ -80,6 +80,9 @@ def test_point_table_writes_other_columns_as_they_were(tmp_path):
     assert lines[1].startswith("007,") and lines[1].endswith(",tumour,1.50")
     assert lines[2] == "b,,,,"
     assert lines[3].endswith(',"a, b",2e3')
+    # a spreadsheet export: byte-order mark and Windows line ends
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbfX,Y\r\n1.5,2\r\n")
+    np.testing.assert_allclose(read_points_table(tmp_path / "excel.csv").xy, [[1.5, 2.0]])
 
 
 def test_landmark_file_without_xy_is_an_error(tmp_path):

@@ -68,7 +68,8 @@ def read_points_table(path: str | os.PathLike) -> PointTable:
     """Read a point CSV, checking for numeric ``X`` and ``Y`` columns (no pandas: the point
     jobs and QC read points on their hot path)."""
     try:
-        with open(path, newline="") as handle:
+        # utf-8-sig: spreadsheet exports often start with a byte-order mark
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except FileNotFoundError as exc:
         raise PointsError(f"{path}: file not found") from exc
