@@ -167,3 +167,7 @@ def test_bad_files_are_named(tmp_path):
     (tmp_path / "y.geojson").write_text(json.dumps({"type": "Topology"}))
     with pytest.raises(AnnotationError, match="expected a GeoJSON FeatureCollection"):
         read_features(tmp_path / "y.geojson")
+    feature = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]},
+               "properties": {}}  # fmt: skip
+    (tmp_path / "bom.geojson").write_bytes(b"\xef\xbb\xbf" + json.dumps([feature]).encode())
+    assert read_features(tmp_path / "bom.geojson")[1] == [feature]

@@ -48,7 +48,9 @@ def read_features(path: str | os.PathLike) -> tuple[object, list[dict]]:
     """``(container, features)``: the parsed file and its list of features (the container is
     kept so that the output has the input's layout)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (some Windows tools write one) is ignored, as RFC 7946
+        # allows
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except FileNotFoundError as exc:
         raise AnnotationError(f"{path}: file not found") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
