@@ -23,12 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import fft, optimize
 from scipy import ndimage as ndi
 from skimage import feature, transform
 
 from .metrics import gaussian, local_normalise, ncc
 from .transform import inside_image
+
+# scipy.fft and scipy.optimize (~0.3 s to import) are imported by the functions that use
+# them: the flow job imports this module only for warp_to_fixed and overlap_mask.
 
 _SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
@@ -173,6 +175,8 @@ def _masked_ncc(
 
 def _spectrum_log_polar(image: np.ndarray, size: int, radius: int, n_angles: int) -> np.ndarray:
     """High-pass-filtered log-polar magnitude spectrum of an image padded to ``size``."""
+    from scipy import fft
+
     # Hann window (numpy's: skimage.filters.window would import scipy.signal, ~0.5 s)
     windowed = image * np.outer(np.hanning(image.shape[0]), np.hanning(image.shape[1]))
     padded = np.zeros((size, size), np.float32)
@@ -204,6 +208,8 @@ def fourier_mellin(
     angle_deg : float in [0, 180)
     scale : float
     """
+    from scipy import fft
+
     size = fft.next_fast_len(max(*fixed.shape, *moving.shape))
     radius = size // 2
     n_angles = 720
@@ -240,6 +246,8 @@ def _phase_peaks(
     ndarray, shape (k, 2)
         ``(row, col)`` shifts, strongest first.
     """
+    from scipy import fft
+
     if reference_spectrum is None:
         reference_spectrum = fft.rfft2(reference)
     spectrum = reference_spectrum * np.conj(fft.rfft2(moving))
@@ -282,6 +290,8 @@ class _Canvas:
     for every candidate), so that shifts of up to half the image are unambiguous."""
 
     def __init__(self, fixed: np.ndarray):
+        from scipy import fft
+
         height, width = fixed.shape
         self.pad = (height // 2, width // 2)
         self.image = np.zeros((height + 2 * self.pad[0], width + 2 * self.pad[1]), np.float32)
@@ -507,6 +517,8 @@ def refine(
     them, see ``_Level.contrast``). The region is held fixed during the search so that the
     objective is smooth. Returns the refined ``fixed_to_moving``.
     """
+    from scipy import optimize
+
     to_matrix, start = _parametrise(fixed_to_moving, model, _centre(fixed.shape))
     # Parameter units of about one pixel of motion at the image edge.
     radius = max(fixed.shape) / 2.0
