@@ -24,6 +24,11 @@ OUTDIR = config["outdir"].rstrip("/")
 # Output images: OME-TIFF files or OME-Zarr folders (warp.format)
 ZARR = config["warp"]["format"] == "ome-zarr"
 IMAGE = "ome.zarr" if ZARR else "ome.tif"
+if ZARR and config["warp"]["compression"] == "jpeg":
+    raise ValueError(
+        "config warp.compression: jpeg is for OME-TIFF output (OME-Zarr readers decode "
+        "standard codecs only); with warp.format: ome-zarr use zlib or none"
+    )
 
 
 def image_output(pattern):

@@ -36,6 +36,7 @@ with stage_log(snakemake.log[0], "merge", case) as log, ExitStack() as stack:
         tile=settings["tile"],
         pyramid_min_size=settings["pyramid_min_size"],
         compression=None if settings["compression"] == "none" else settings["compression"],
+        jpeg_quality=settings.get("jpeg_quality", 90),
         fmt=settings["format"],
     )
     log.info("merged %d image(s), %d channel(s) %s, %s", len(readers), len(names), names, dtype)

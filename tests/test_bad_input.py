@@ -157,6 +157,14 @@ def test_validation_errors_name_sample_column_and_value(tmp_path, data, case):
     assert not (tmp_path / "out").exists(), "no job may run when the sheet is invalid"
 
 
+def test_jpeg_with_ome_zarr_is_refused_before_any_job(tmp_path, data):
+    sheet(tmp_path, data, [], "warp:\n  format: ome-zarr\n  compression: jpeg\n")
+    result = run(tmp_path)
+    assert result.returncode != 0
+    assert "warp.compression: jpeg is for OME-TIFF output" in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_all_sheet_problems_are_reported_at_once(tmp_path, data):
     sheet(
         tmp_path,

@@ -245,3 +245,50 @@ def test_label_image_pyramid_levels_hold_only_its_labels(tmp_path, fmt, name):
     for level in range(len(info.level_shapes)):
         values = set(np.unique(read_image(str(tmp_path / name), level)))
         assert values <= allowed, f"level {level} has {len(values - allowed)} invented labels"
+
+
+def test_jpeg_output_for_brightfield_rgb_only(tmp_path, ihc_rgb, moving_file):
+    """``warp.compression: jpeg`` writes 8-bit RGB (brightfield) as JPEG tiles on every level,
+    close to the lossless result and several times smaller; a 16-bit fluorescence image and
+    an 8-bit label image stay lossless (zlib), exactly as with zlib."""
+    import tifffile
+
+    image = ihc_rgb[:, :512, :512]
+    write_ome_tiff(tmp_path / "rgb.ome.tif", image, ["R", "G", "B"], 0.5, rgb=True, tile=128)
+    transform = _transform(image.shape[1:])
+    base = {"order": 1, "tile": 128, "fill": "auto", "pyramid_min_size": 128,
+            "format": "ome-tiff", "jpeg_quality": 90}  # fmt: skip
+    outputs = {}
+    for compression in ("zlib", "jpeg"):
+        outputs[compression] = tmp_path / f"{compression}.ome.tif"
+        warp_file(str(tmp_path / "rgb.ome.tif"), transform, str(outputs[compression]),
+                  "brightfield", 0.5, base | {"compression": compression})  # fmt: skip
+    with tifffile.TiffFile(outputs["jpeg"]) as tif:
+        levels = tif.series[0].levels
+        assert len(levels) == 3 and all(level.keyframe.compression == 7 for level in levels)
+    lossless, lossy = (read_image(outputs[c]).astype(float) for c in ("zlib", "jpeg"))
+    assert np.abs(lossy - lossless).mean() < 3.0
+    assert outputs["jpeg"].stat().st_size * 3 < outputs["zlib"].stat().st_size
+
+    path, channels = moving_file  # 16-bit fluorescence: zlib whatever is asked
+    warp_file(str(path), transform, str(tmp_path / "f.ome.tif"), "fluorescence", 0.5,
+              base | {"compression": "jpeg", "fill": "zero"})  # fmt: skip
+    with tifffile.TiffFile(tmp_path / "f.ome.tif") as tif:
+        assert tif.series[0].keyframe.compression == 8  # ADOBE_DEFLATE
+    expected = warp_image(channels, transform, np.zeros(4), tile=128)
+    np.testing.assert_array_equal(read_image(tmp_path / "f.ome.tif"), expected)
+
+    labels = (np.arange(512 * 512).reshape(1, 512, 512) // 5000 % 251).astype(np.uint8)
+    write_ome_tiff(tmp_path / "labels.ome.tif", labels, ["labels"], 0.5, tile=128)
+    settings = base | {"compression": "jpeg", "fill": "zero"}
+    warp_file(str(tmp_path / "labels.ome.tif"), transform, str(tmp_path / "l.ome.tif"),
+              "fluorescence", 0.5, settings, order=0)  # fmt: skip
+    expected = warp_image(labels, transform, np.zeros(1), tile=128, order=0)
+    np.testing.assert_array_equal(read_image(tmp_path / "l.ome.tif"), expected)
+
+
+def test_jpeg_is_refused_for_ome_zarr(tmp_path, ihc_rgb):
+    with pytest.raises(ValueError, match="OME-Zarr takes zlib or none"):
+        write_ome_zarr_tiled(tmp_path / "x.ome.zarr", (3, 128, 128), np.uint8,
+                             iter([(0, 0, ihc_rgb[:, :128, :128])]), ["R", "G", "B"],
+                             compression="jpeg", tile=128)  # fmt: skip

@@ -273,6 +273,7 @@ def write_ome_tiff_tiled(
     compression: str | None = "zlib",
     threads: int = 1,
     labels: bool = False,
+    jpeg_quality: int = 90,
 ) -> None:
     """Stream a ``(C, Y, X)`` image given block by block into a pyramidal OME-TIFF, atomically.
 
@@ -290,11 +291,22 @@ def write_ome_tiff_tiled(
         Tiles compressed in parallel.
     labels : bool
         A label image or mask: reduced levels take one pixel per 2×2 block (never a mean).
+    compression : {'zlib', 'jpeg', None}
+        ``jpeg`` (lossy, ``jpeg_quality``) applies to 8-bit RGB images only — the
+        compression brightfield scanners use themselves, so outputs stay near the size of
+        their inputs; fluorescence, other quantitative and label images are written with
+        zlib (lossless) whatever is asked.
     Other parameters as in :func:`write_ome_tiff`.
     """
     path = Path(path)
     dtype = np.dtype(dtype)
     rgb = rgb and shape[0] == 3 and dtype == np.uint8
+    options = {}
+    if compression == "jpeg":
+        if rgb and not labels:
+            options = {"compressionargs": {"level": int(jpeg_quality)}}
+        else:
+            compression = "zlib"
     for stale in path.parent.glob(f".{path.name}.*.tmp*"):
         stale.unlink(missing_ok=True)
     stem = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -335,6 +347,7 @@ def write_ome_tiff_tiled(
                 dtype=dtype,
                 tile=(tile, tile),
                 compression=compression,
+                **options,
                 photometric="rgb" if rgb else "minisblack",
                 subifds=len(pyramid.shapes) - 1 if depth == 0 else None,
                 subfiletype=1 if depth else 0,
@@ -406,6 +419,7 @@ def write_ome_zarr_tiled(
     compression: str | None = "zlib",
     threads: int = 1,
     labels: bool = False,
+    jpeg_quality: int = 90,
 ) -> None:
     """Stream a ``(C, Y, X)`` image into an OME-Zarr (NGFF 0.4: Zarr v2, ``/``-separated
     chunks), atomically: a temporary folder renamed when complete.
@@ -426,6 +440,10 @@ def write_ome_zarr_tiled(
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
     stem = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pyramid = PyramidSink(f"{stem}.store", shape, dtype, tile, pyramid_min_size, labels)
+    if compression not in (None, "zlib"):
+        # OME-Zarr readers (napari-ome-zarr, vizarr) decode the standard codecs only
+        raise ValueError(f"compression {compression!r} is for OME-TIFF; OME-Zarr takes zlib "
+                         "or none")  # fmt: skip
     codec = None if compression is None else numcodecs.Zlib(level=6)
     try:
         group = zarr.open_group(str(stem), mode="w", zarr_format=2)

@@ -404,6 +404,7 @@ def warp_file(
             tile=settings["tile"],
             pyramid_min_size=settings["pyramid_min_size"],
             compression=None if settings["compression"] == "none" else settings["compression"],
+            jpeg_quality=settings.get("jpeg_quality", 90),
             threads=threads,
             fmt=settings.get("format", "ome-tiff"),
             labels=order == 0,
