@@ -20,6 +20,9 @@ from .rigid import overlap_mask, warp_to_fixed
 from .transform import Transform
 
 METHODS = ("tvl1", "ilk", "none")
+# ILK window radius in working pixels (the 7 px it had at the former 768 px estimation size
+# of a 1024 px working image)
+ILK_RADIUS = 9
 
 
 @dataclass
@@ -193,7 +196,7 @@ def estimate_displacement(
     tightness: float = 0.3,
     num_warp: int = 3,
     num_iter: int = 5,
-    ilk_radius: int = 7,
+    ilk_radius: int = ILK_RADIUS,
 ) -> np.ndarray:
     """Raw optical flow ``(d_row, d_col)`` with ``moving(p + d) ≈ fixed(p)``: ILK by
     :func:`lucas_kanade`, TV-L1 by scikit-image.
@@ -227,7 +230,7 @@ def refine_flow(
     smoothing_sigma: float = 4.0,
     min_improvement: float = 0.005,
     overlap: np.ndarray | None = None,
-    max_size: int = 768,
+    max_size: int = 0,
     consistency: float = 2.0,
     **solver_options,
 ) -> FlowResult:
@@ -264,11 +267,14 @@ def refine_flow(
         vector near it 50–124 px → 2–3 px). 0 disables it. See :func:`consistent`.
     max_size : int
         Estimate the field on images at most this large (longest side, px) and interpolate it
-        back: the regularised field is smooth on the scale of ``smoothing_sigma``, so a
-        coarser estimate loses little and costs a fraction (768 against a 1024 px working
-        size: no measurable loss on BIRL, ~40 % less time). 0 uses the full working size.
+        back, for speed; 0 (default) estimates it at the working resolution, which the
+        preprocessing already chose (at 768 against a 1024 px working size: BIRL rat kidney
+        0.0021 against 0.0020, generated pairs 0.034 against 0.026 px median TRE, in ~30 % less
+        time).
     **solver_options
-        Passed to :func:`estimate_displacement`.
+        Passed to :func:`estimate_displacement`; ``ilk_radius`` is in working pixels, like
+        ``normalise_sigma`` and ``smoothing_sigma``, and scaled with them to the estimation
+        size.
     """
     region = fixed_mask | moving_mask_rigid
     if overlap is not None:
@@ -289,11 +295,14 @@ def refine_flow(
     if normalise_sigma > 0:
         fixed_in = local_normalise(fixed_in, normalise_sigma * factor)
         moving_in = local_normalise(moving_in, normalise_sigma * factor)
-    displacement = estimate_displacement(fixed_in, moving_in, method, **solver_options)
+    # every window is given in working pixels: the ILK window too follows the estimation size
+    radius = max(1, int(round(solver_options.pop("ilk_radius", ILK_RADIUS) * factor)))
+    displacement = estimate_displacement(fixed_in, moving_in, method, ilk_radius=radius,
+                                         **solver_options)  # fmt: skip
+    solver_options["ilk_radius"] = radius  # the reverse flow of the consistency check
     if smoothing_sigma > 0:
         # a vector is determined only where *both* images have structure: a blank area of the
         # moving image (outside its tissue, a rendered corner) must borrow from neighbours
-        radius = solver_options.get("ilk_radius", 7)
         confidence = np.minimum(
             flow_confidence(fixed_in, radius), flow_confidence(moving_in, radius)
         )
