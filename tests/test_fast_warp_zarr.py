@@ -291,4 +291,5 @@ def test_jpeg_is_refused_for_ome_zarr(tmp_path, ihc_rgb):
     with pytest.raises(ValueError, match="OME-Zarr takes zlib or none"):
         write_ome_zarr_tiled(tmp_path / "x.ome.zarr", (3, 128, 128), np.uint8,
                              iter([(0, 0, ihc_rgb[:, :128, :128])]), ["R", "G", "B"],
-                             compression="jpeg", tile=128)  # fmt: skip
+                             compression="jpeg", tile=64, pyramid_min_size=64)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # nothing left behind

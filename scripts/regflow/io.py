@@ -434,16 +434,17 @@ def write_ome_zarr_tiled(
     import numcodecs
     import zarr
 
+    if compression not in (None, "zlib"):
+        # OME-Zarr readers (napari-ome-zarr, vizarr) decode the standard codecs only;
+        # ``jpeg_quality`` is accepted for the signature shared with the OME-TIFF writer
+        raise ValueError(f"compression {compression!r} is for OME-TIFF; OME-Zarr takes zlib "
+                         "or none")  # fmt: skip
     path = Path(path)
     dtype = np.dtype(dtype)
     for stale in path.parent.glob(f".{path.name}.*.tmp*"):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
     stem = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pyramid = PyramidSink(f"{stem}.store", shape, dtype, tile, pyramid_min_size, labels)
-    if compression not in (None, "zlib"):
-        # OME-Zarr readers (napari-ome-zarr, vizarr) decode the standard codecs only
-        raise ValueError(f"compression {compression!r} is for OME-TIFF; OME-Zarr takes zlib "
-                         "or none")  # fmt: skip
     codec = None if compression is None else numcodecs.Zlib(level=6)
     try:
         group = zarr.open_group(str(stem), mode="w", zarr_format=2)
