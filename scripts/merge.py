@@ -8,7 +8,7 @@ from contextlib import ExitStack
 
 import numpy as np
 from regflow.formats import pixel_size_override
-from regflow.io import RegionReader, stacked_blocks, write_image_tiled
+from regflow.io import RegionReader, stacked_blocks, write_image_tiled, writer_options
 from regflow.runlog import stage_log
 
 case = snakemake.wildcards.case
@@ -33,10 +33,6 @@ with stage_log(snakemake.log[0], "merge", case) as log, ExitStack() as stack:
         stacked_blocks(readers, dtype, settings["tile"]),
         channel_names=names,
         pixel_size_um=pixel_size,
-        tile=settings["tile"],
-        pyramid_min_size=settings["pyramid_min_size"],
-        compression=None if settings["compression"] == "none" else settings["compression"],
-        jpeg_quality=settings.get("jpeg_quality", 90),
-        fmt=settings["format"],
+        **writer_options(settings),
     )
     log.info("merged %d image(s), %d channel(s) %s, %s", len(readers), len(names), names, dtype)

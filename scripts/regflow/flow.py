@@ -296,10 +296,9 @@ def refine_flow(
         fixed_in = local_normalise(fixed_in, normalise_sigma * factor)
         moving_in = local_normalise(moving_in, normalise_sigma * factor)
     # every window is given in working pixels: the ILK window too follows the estimation size
-    radius = max(1, int(round(solver_options.pop("ilk_radius", ILK_RADIUS) * factor)))
-    displacement = estimate_displacement(fixed_in, moving_in, method, ilk_radius=radius,
-                                         **solver_options)  # fmt: skip
-    solver_options["ilk_radius"] = radius  # the reverse flow of the consistency check
+    radius = max(1, int(round(solver_options.get("ilk_radius", ILK_RADIUS) * factor)))
+    solver_options = {**solver_options, "ilk_radius": radius}
+    displacement = estimate_displacement(fixed_in, moving_in, method, **solver_options)
     if smoothing_sigma > 0:
         # a vector is determined only where *both* images have structure: a blank area of the
         # moving image (outside its tissue, a rendered corner) must borrow from neighbours

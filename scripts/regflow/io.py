@@ -521,6 +521,19 @@ def write_ome_zarr_tiled(
             shutil.rmtree(stem, ignore_errors=True)
 
 
+def writer_options(settings: dict) -> dict:
+    """The :func:`write_image_tiled` keywords the ``warp`` config section sets (tile,
+    pyramid, compression, format), for every image the workflow writes."""
+    compression = settings.get("compression", "zlib")
+    return {
+        "tile": settings["tile"],
+        "pyramid_min_size": settings["pyramid_min_size"],
+        "compression": None if compression == "none" else compression,
+        "jpeg_quality": settings.get("jpeg_quality", 90),
+        "fmt": settings.get("format", "ome-tiff"),
+    }
+
+
 def write_image_tiled(path: str | os.PathLike, *args, fmt: str = "ome-tiff", **kwargs) -> None:
     """:func:`write_ome_tiff_tiled` or :func:`write_ome_zarr_tiled` (``fmt``)."""
     if fmt == "ome-zarr":

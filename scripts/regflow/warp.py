@@ -378,7 +378,7 @@ def warp_file(
     order : int, optional
         Interpolation order; default 0 for label/mask images, else ``settings["order"]``.
     """
-    from .io import RegionReader, read_image, write_image_tiled
+    from .io import RegionReader, read_image, write_image_tiled, writer_options
 
     with RegionReader(source_path, level=0) as source:
         info = source.info
@@ -401,13 +401,9 @@ def warp_file(
             channel_names=info.channel_names[:n_channels],
             pixel_size_um=pixel_size_um,
             rgb=info.rgb,
-            tile=settings["tile"],
-            pyramid_min_size=settings["pyramid_min_size"],
-            compression=None if settings["compression"] == "none" else settings["compression"],
-            jpeg_quality=settings.get("jpeg_quality", 90),
             threads=threads,
-            fmt=settings.get("format", "ome-tiff"),
             labels=order == 0,
+            **writer_options(settings),
         )
     return {
         "channels": info.channel_names[:n_channels],
