@@ -32,6 +32,11 @@ report: run
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slurm and not report"
 
+SLURM_STAMP := $(VENV)/.installed-slurm
+$(SLURM_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,slurm]'
+	touch $@
+
 # The HTML report in a real browser: Debian's chromium, installed when missing (root).
 test-report: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
@@ -39,7 +44,8 @@ test-report: $(STAMP)
 
 # A real single-node SLURM (Debian packages, started by tests/slurm/start-cluster.sh; root).
 # The cluster is stopped (and its configuration removed) afterwards, pass or fail.
-test-slurm: $(STAMP)
+# Snakemake's SLURM executor plugin is the `slurm` extra (not in the default install).
+test-slurm: $(SLURM_STAMP)
 	bash tests/slurm/start-cluster.sh
 	$(BIN)/python -m pytest -m slurm -rs; status=$$?; bash tests/slurm/stop-cluster.sh; exit $$status
 

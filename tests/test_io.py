@@ -127,3 +127,63 @@ def test_streamed_writer_equals_in_memory_writer(tmp_path, channels, rgb, dtype)
             read_image(tmp_path / "a.ome.tif", level), read_image(tmp_path / "b.ome.tif", level)
         )
     assert list(tmp_path.glob(".*")) == [], "no temporary files left behind"
+
+
+@pytest.mark.parametrize(
+    ("channels", "rgb", "dtype", "labels"),
+    [(3, True, np.uint8, False), (4, False, np.uint16, False), (1, False, np.int32, True)],
+)
+def test_pyramid_levels_are_whole_level_reductions(tmp_path, channels, rgb, dtype, labels):
+    """Each reduced level, built tile by tile as the blocks stream past (odd sizes, edge
+    tiles, blocks in any order for OME-Zarr), equals the 2× reduction of the whole level
+    above it."""
+    from regflow.io import _downsample2, write_ome_tiff_tiled, write_ome_zarr_tiled
+
+    top = {np.uint8: 255, np.uint16: 65535, np.int32: 50}[dtype]
+    image = (np.random.default_rng(3).random((channels, 301, 235)) * top).astype(dtype)
+    tile = 32
+    grid = [(r, c) for r in range(0, 301, tile) for c in range(0, 235, tile)]
+    expected = [image]
+    while max(expected[-1].shape[1:]) > 40:
+        expected.append(_downsample2(expected[-1], labels))
+    assert len(expected) == 4  # 301 → 151 → 76 → 38 rows
+    options = {"rgb": rgb, "tile": tile, "pyramid_min_size": 40, "labels": labels}
+    write_ome_tiff_tiled(tmp_path / "p.ome.tif", image.shape, dtype,
+                         ((r // tile, c // tile, image[:, r : r + tile, c : c + tile])
+                          for r, c in grid), ["c"] * channels, **options)  # fmt: skip
+    shuffled = [grid[i] for i in np.random.default_rng(0).permutation(len(grid))]
+    write_ome_zarr_tiled(tmp_path / "p.ome.zarr", image.shape, dtype,
+                         ((r // tile, c // tile, image[:, r : r + tile, c : c + tile])
+                          for r, c in shuffled), ["c"] * channels, **options)  # fmt: skip
+    for level, want in enumerate(expected):
+        np.testing.assert_array_equal(read_image(tmp_path / "p.ome.tif", level), want)
+        np.testing.assert_array_equal(read_image(tmp_path / "p.ome.zarr", level), want)
+    assert list(tmp_path.glob(".*")) == [], "no temporary files left behind"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_2x_reduction_is_the_rounded_block_mean(dtype, interleaved):
+    """Unsigned integers round half up (integer box filter), signed ones half to even,
+    floats are not rounded; an odd last row/column is repeated."""
+    from regflow.io import _downsample2
+
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    rng = np.random.default_rng(4)
+    low, high = (info.min, info.max) if info else (-1.0, 1.0)
+    image = rng.uniform(low, high, (3, 41, 36)).astype(dtype)
+    image[:, :2, :2] = [[0, 1], [0, 1]] if info is None or info.min == 0 else [[-1, 0], [0, -1]]
+    if interleaved:  # a (C, Y, X) view of interleaved memory, as RGB tiles are
+        image = np.moveaxis(np.ascontiguousarray(np.moveaxis(image, 0, -1)), -1, 0)
+    padded = np.concatenate([image, image[:, -1:]], axis=1).astype(np.float64)
+    sums = padded.reshape(3, 21, 2, 18, 2).sum(axis=(2, 4))
+    if np.dtype(dtype).kind == "u":
+        expected = np.floor((sums + 2) / 4)
+    elif np.dtype(dtype).kind == "i":
+        expected = np.rint(sums / 4)
+    else:
+        expected = sums / 4
+    result = _downsample2(image)
+    assert result.dtype == dtype and result.shape == (3, 21, 18)
+    np.testing.assert_allclose(result.astype(np.float64), expected, rtol=1e-6, atol=0)
+    assert result[0, 0, 0] == (1 if np.dtype(dtype).kind == "u" else 0 if info else 0.5)

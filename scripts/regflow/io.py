@@ -36,9 +36,7 @@ def _downsample2(image: np.ndarray, labels: bool = False) -> np.ndarray:
     if height % 2 or width % 2:
         padded = np.pad(image, ((0, 0), (0, height % 2), (0, width % 2)), mode="edge")
     if image.dtype.kind in "iu" and image.dtype.itemsize <= 2:
-        # OpenCV's area mean in float32 (exact: a quarter of a sum of four 16-bit values),
-        # rounded half to even as np.rint(mean) would
-        return _area_half(padded)
+        return _area_half(padded)  # OpenCV's area mean, exact
     blocks = padded.reshape(channels, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2)
     mean = blocks.mean(axis=(2, 4), dtype=np.float64)
     if np.issubdtype(image.dtype, np.integer):
@@ -47,22 +45,29 @@ def _downsample2(image: np.ndarray, labels: bool = False) -> np.ndarray:
 
 
 def _area_half(image: np.ndarray) -> np.ndarray:
-    """2×2 means of an even-sized ``(C, Y, X)`` image of ≤ 16-bit integers, rounded half to
-    even, by OpenCV (the GIL released): interleaved images in one call, planar ones plane by
-    plane (no transposing copy)."""
+    """2×2 means of an even-sized ``(C, Y, X)`` image of ≤ 16-bit integers by OpenCV's area
+    resampling (the GIL released): unsigned 8/16-bit in their own type, rounded half up as
+    integer box filters do (``(a + b + c + d + 2) // 4``), signed ones through float32, rounded
+    half to even; interleaved images in one call, planar ones plane by plane (no transposing
+    copy)."""
     import cv2
 
     channels, height, width = image.shape
     size = (width // 2, height // 2)
+    native = image.dtype in (np.uint8, np.uint16)
+
+    def half(data: np.ndarray) -> np.ndarray:
+        if native:
+            return cv2.resize(data, size, interpolation=cv2.INTER_AREA)
+        mean = cv2.resize(data.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        return np.rint(mean, out=mean).astype(image.dtype)
+
     interleaved = np.moveaxis(image, 0, -1)
     if interleaved.flags.c_contiguous and channels <= 4:
-        mean = cv2.resize(interleaved.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-        mean = mean.reshape(size[1], size[0], channels)
-        return np.moveaxis(np.rint(mean, out=mean).astype(image.dtype), -1, 0)
+        return np.moveaxis(half(interleaved).reshape(size[1], size[0], channels), -1, 0)
     out = np.empty((channels, size[1], size[0]), image.dtype)
     for channel, plane in enumerate(image):
-        mean = cv2.resize(plane.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-        out[channel] = np.rint(mean, out=mean)
+        out[channel] = half(plane if plane.flags.c_contiguous else np.ascontiguousarray(plane))
     return out
 
 
@@ -123,71 +128,66 @@ class TileStore:
     """A temporary on-disk grid of ``(C, tile, tile)`` blocks, read and written in any order.
 
     Stored plane by plane (every channel's tile separately), so that one channel's tile is
-    read without the others (TIFF writes multi-channel images plane after plane). Plain file
-    reads and writes (no memory map): the pages do not count against the process's resident
-    memory however large the image.
+    read without the others (TIFF writes multi-channel images plane after plane), or
+    ``interleaved``: all channels of a tile in one record, as RGB tiles are written (no
+    transposing copy either way). Plain file reads and writes (no memory map): the pages do
+    not count against the process's resident memory however large the image.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, int, int], dtype, tile: int):
+    def __init__(self, path: Path, shape: tuple[int, int, int], dtype, tile: int,
+                 interleaved: bool = False):  # fmt: skip
         self.path, self.shape, self.dtype, self.tile = path, shape, np.dtype(dtype), tile
+        self.interleaved = interleaved
         self.grid = (-(-shape[1] // tile), -(-shape[2] // tile))
-        self.plane_bytes = tile * tile * self.dtype.itemsize
+        self.record_shape = (tile, tile, shape[0]) if interleaved else (tile, tile)
+        self.record_bytes = int(np.prod(self.record_shape)) * self.dtype.itemsize
+        planes = 1 if interleaved else shape[0]
         self._file = open(path, "w+b")  # noqa: SIM115 (closed in close())
-        self._file.truncate(shape[0] * self.grid[0] * self.grid[1] * self.plane_bytes)
+        self._file.truncate(planes * self.grid[0] * self.grid[1] * self.record_bytes)
 
-    def _offset(self, plane: int, row: int, col: int) -> int:
-        return ((plane * self.grid[0] + row) * self.grid[1] + col) * self.plane_bytes
+    def _write(self, plane: int, row: int, col: int, record: np.ndarray) -> None:
+        self._file.seek(((plane * self.grid[0] + row) * self.grid[1] + col) * self.record_bytes)
+        self._file.write(memoryview(np.ascontiguousarray(record, self.dtype)).cast("B"))
+
+    def _padded(self, data: np.ndarray) -> np.ndarray:
+        """``data`` (``(h, w)`` or ``(h, w, C)``) zero-padded to a full record."""
+        if data.shape[:2] == (self.tile, self.tile):
+            return data
+        record = np.zeros(self.record_shape[:2] + data.shape[2:], self.dtype)
+        record[: data.shape[0], : data.shape[1]] = data
+        return record
 
     def put(self, row: int, col: int, block: np.ndarray) -> None:
-        padded = np.zeros((self.shape[0], self.tile, self.tile), self.dtype)
-        padded[:, : block.shape[1], : block.shape[2]] = block
+        """Store ``block`` ``(C, h, w)`` (edge blocks smaller: zero-padded) at ``(row, col)``."""
+        if self.interleaved:
+            self._write(0, row, col, self._padded(np.moveaxis(block, 0, -1)))
+            return
         for plane in range(self.shape[0]):
-            self._file.seek(self._offset(plane, row, col))
-            self._file.write(padded[plane].tobytes())
+            self._write(plane, row, col, self._padded(block[plane]))
 
-    def put_part(self, row: int, col: int, y0: int, x0: int, data: np.ndarray) -> None:
-        """Write ``data`` ``(C, h, w)`` at ``(y0, x0)`` inside block ``(row, col)``."""
-        block = self.get(row, col)
-        block[:, y0 : y0 + data.shape[1], x0 : x0 + data.shape[2]] = data
-        self.put(row, col, block)
+    def put_plane(self, plane: int, row: int, col: int, data: np.ndarray) -> None:
+        """Store one channel ``(h, w)`` of the block at ``(row, col)`` (planar stores)."""
+        self._write(plane, row, col, self._padded(data))
+
+    def record(self, plane: int, row: int, col: int) -> np.ndarray:
+        """The stored ``(tile, tile)`` plane, or ``(tile, tile, C)`` record if interleaved."""
+        self._file.seek(((plane * self.grid[0] + row) * self.grid[1] + col) * self.record_bytes)
+        data = self._file.read(self.record_bytes)
+        return np.frombuffer(data, self.dtype).reshape(self.record_shape)
 
     def get_plane(self, plane: int, row: int, col: int) -> np.ndarray:
-        self._file.seek(self._offset(plane, row, col))
-        data = self._file.read(self.plane_bytes)
-        return np.frombuffer(data, self.dtype).reshape(self.tile, self.tile)
+        if self.interleaved:
+            return self.record(0, row, col)[..., plane]
+        return self.record(plane, row, col)
 
     def get(self, row: int, col: int) -> np.ndarray:
-        return np.stack([self.get_plane(p, row, col) for p in range(self.shape[0])])
+        if self.interleaved:
+            return np.moveaxis(self.record(0, row, col), -1, 0)
+        return np.stack([self.record(p, row, col) for p in range(self.shape[0])])
 
     def close(self) -> None:
         self._file.close()
         self.path.unlink(missing_ok=True)
-
-
-def _halve_store(source: TileStore, path: Path, labels: bool = False) -> TileStore:
-    """The next pyramid level (:func:`_downsample2`) of a tile store, one output tile at a
-    time."""
-    channels, height, width = source.shape
-    shape = (channels, max(1, -(-height // 2)), max(1, -(-width // 2)))
-    target = TileStore(path, shape, source.dtype, source.tile)
-    half = source.tile // 2
-    for row in range(target.grid[0]):
-        for col in range(target.grid[1]):
-            block = np.zeros((channels, source.tile, source.tile), source.dtype)
-            for dy in range(2):
-                for dx in range(2):
-                    r, c = 2 * row + dy, 2 * col + dx
-                    if r < source.grid[0] and c < source.grid[1]:
-                        y0, y1 = r * source.tile, min((r + 1) * source.tile, height)
-                        x0, x1 = c * source.tile, min((c + 1) * source.tile, width)
-                        part = source.get(r, c)[:, : y1 - y0, : x1 - x0]
-                        block[
-                            :,
-                            dy * half : dy * half + -(-part.shape[1] // 2),
-                            dx * half : dx * half + -(-part.shape[2] // 2),
-                        ] = _downsample2(part, labels)
-            target.put(row, col, block)
-    return target
 
 
 def pyramid_shapes(shape: tuple[int, ...], min_size: int) -> list[tuple[int, ...]]:
@@ -199,47 +199,117 @@ def pyramid_shapes(shape: tuple[int, ...], min_size: int) -> list[tuple[int, ...
     return shapes
 
 
-def _put_half(
-    store: TileStore, row: int, col: int, block: np.ndarray, labels: bool = False
-) -> None:
-    """Put the 2× reduction of level-``k`` tile ``(row, col)`` into its quarter of the
-    level-``k+1`` store (the same result as halving the whole level, tile by tile)."""
-    half = _downsample2(block, labels)
-    y0, x0 = (row % 2) * store.tile // 2, (col % 2) * store.tile // 2
-    store.put_part(row // 2, col // 2, y0, x0, half)
+class PyramidLevel:
+    """Reduced level ``k ≥ 1`` of a pyramid being written, as the ``(C, tile, tile)`` tiles of
+    :class:`TileStore` (``shape``, ``grid``, ``get``, ``get_plane``).
+
+    Held as quarter tiles: the 2× reduction (:func:`_downsample2`) of each tile of level
+    ``k − 1`` is one quarter of a tile here, written once, in any order; a tile is assembled
+    from its four quarters when read. Reading a tile also reduces it into the next level, so
+    every level is built from the one before as that is written, and nothing is read twice.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int, int], dtype, tile: int,
+                 interleaved: bool, labels: bool):  # fmt: skip
+        if tile % 2:
+            raise ValueError(f"pyramid tiles must have an even size, not {tile}")
+        self.shape, self.tile, self.labels = shape, tile, labels
+        self.grid = (-(-shape[1] // tile), -(-shape[2] // tile))
+        self.quarters = TileStore(path, shape, dtype, tile // 2, interleaved)
+        self.next: PyramidLevel | None = None
+        self._reduced: set[tuple] = set()
+
+    def put_reduced(self, row: int, col: int, block: np.ndarray) -> None:
+        """Quarter ``(row, col)``: the reduction of the previous level's tile ``(row, col)``
+        (``(C, h, w)``, its part inside the image)."""
+        self.quarters.put(row, col, _downsample2(block, self.labels))
+
+    def _assemble(self, plane: int, row: int, col: int) -> np.ndarray:
+        quarter = self.tile // 2
+        store = self.quarters
+        out = np.zeros((self.tile, self.tile) + store.record_shape[2:], store.dtype)
+        for dy in range(2):
+            for dx in range(2):
+                r, c = 2 * row + dy, 2 * col + dx
+                if r < store.grid[0] and c < store.grid[1]:
+                    out[dy * quarter : (dy + 1) * quarter, dx * quarter : (dx + 1) * quarter] = (
+                        store.record(plane, r, c)
+                    )
+        return out
+
+    def _valid(self, row: int, col: int) -> tuple[int, int]:
+        return (min(self.tile, self.shape[1] - row * self.tile),
+                min(self.tile, self.shape[2] - col * self.tile))  # fmt: skip
+
+    def get(self, row: int, col: int) -> np.ndarray:
+        if not self.quarters.interleaved:
+            return np.stack([self.get_plane(p, row, col) for p in range(self.shape[0])])
+        block = np.moveaxis(self._assemble(0, row, col), -1, 0)
+        if self.next is not None and (None, row, col) not in self._reduced:
+            h, w = self._valid(row, col)
+            self.next.put_reduced(row, col, block[:, :h, :w])
+            self._reduced.add((None, row, col))
+        return block
+
+    def get_plane(self, plane: int, row: int, col: int) -> np.ndarray:
+        if self.quarters.interleaved:
+            return self.get(row, col)[plane]
+        data = self._assemble(plane, row, col)
+        if self.next is not None and (plane, row, col) not in self._reduced:
+            h, w = self._valid(row, col)
+            half = _downsample2(data[None, :h, :w], self.labels)[0]
+            self.next.quarters.put_plane(plane, row, col, half)
+            self._reduced.add((plane, row, col))
+        return data
+
+    def complete(self) -> None:
+        """Reduce the tiles no reader asked for into the next level (normally none)."""
+        if self.next is None:
+            return
+        for row in range(self.grid[0]):
+            for col in range(self.grid[1]):
+                if self.quarters.interleaved:
+                    self.get(row, col)
+                else:
+                    for plane in range(self.shape[0]):
+                        self.get_plane(plane, row, col)
+
+    def close(self) -> None:
+        self.quarters.close()
 
 
 class PyramidSink:
     """Builds pyramid levels 1… from level-0 blocks as they arrive, without reading level 0
-    back: each block is halved into its quarter of a level-1 tile store on the spot; levels
-    2… are then derived from level 1 (a quarter of the data) tile by tile.
+    back: each block is reduced into its quarter of level 1 on the spot; each level ``k`` is
+    reduced into level ``k + 1`` as it is read for writing (:class:`PyramidLevel`).
 
     Temporary stores live beside ``stem``; :meth:`close` removes them.
     """
 
     def __init__(self, stem: str, shape: tuple[int, int, int], dtype, tile: int, min_size: int,
-                 labels: bool = False):  # fmt: skip
-        self.stem, self.tile, self.labels = stem, tile, labels
+                 labels: bool = False, interleaved: bool = False):  # fmt: skip
         self.shapes = pyramid_shapes(shape, min_size)
-        self.dtype = np.dtype(dtype)
-        self.stores: list[TileStore] = []
-        if len(self.shapes) > 1:
-            self.stores.append(TileStore(Path(f"{stem}.level1"), self.shapes[1], dtype, tile))
+        self.stores: list[PyramidLevel] = []
+        for depth, level_shape in enumerate(self.shapes[1:], start=1):
+            level = PyramidLevel(Path(f"{stem}.level{depth}"), level_shape, dtype, tile,
+                                 interleaved, labels)  # fmt: skip
+            if self.stores:
+                self.stores[-1].next = level
+            self.stores.append(level)
 
     def feed(self, blocks):
-        """Pass level-0 ``(row, col, block)`` through, halving each into level 1."""
+        """Pass level-0 ``(row, col, block)`` through, reducing each into level 1."""
         for row, col, block in blocks:
             if self.stores:
-                _put_half(self.stores[0], row, col, block, self.labels)
+                self.stores[0].put_reduced(row, col, block)
             yield row, col, block
 
     def levels(self):
-        """The level-1… stores, each derived from the previous when first asked for."""
-        for depth in range(1, len(self.shapes)):
-            if depth > len(self.stores):
-                path = Path(f"{self.stem}.level{depth}")
-                self.stores.append(_halve_store(self.stores[-1], path, self.labels))
-            yield self.stores[depth - 1]
+        """Levels 1…, each complete when given (its predecessor has been read through)."""
+        for depth, level in enumerate(self.stores):
+            if depth:
+                self.stores[depth - 1].complete()
+            yield level
 
     def close(self) -> None:
         for store in self.stores:
@@ -310,7 +380,7 @@ def write_ome_tiff_tiled(
     for stale in path.parent.glob(f".{path.name}.*.tmp*"):
         stale.unlink(missing_ok=True)
     stem = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pyramid = PyramidSink(str(stem), shape, dtype, tile, pyramid_min_size, labels)
+    pyramid = PyramidSink(str(stem), shape, dtype, tile, pyramid_min_size, labels, interleaved=rgb)
     level0 = None
     try:
         metadata: dict = {"axes": "YXS" if rgb else "CYX"}
