@@ -1,4 +1,5 @@
 import hashlib
+import re
 import sys
 from pathlib import Path
 
@@ -218,11 +219,28 @@ def sample_row(wildcards):
     return {k: ("" if pd.isna(v) else v) for k, v in row.items()}
 
 
+def library_modules(*modules):
+    """The library modules ``modules`` import, directly or not (``from .x import``, also
+    inside functions), themselves included."""
+    found, pending = set(), list(modules)
+    while pending:
+        current = pending.pop()
+        if current in found:
+            continue
+        found.add(current)
+        text = (LIBRARY / f"{current}.py").read_text()
+        named = re.findall(r"^\s*from \. import (\w+)", text, flags=re.M)
+        pending += re.findall(r"^\s*from \.(\w+) import", text, flags=re.M)
+        pending += [name for name in named if (LIBRARY / f"{name}.py").exists()]
+    return found
+
+
 def library_hash(*modules):
-    """Hash of the library modules a stage imports (Snakemake does not track those)."""
+    """Hash of the library modules a stage runs (Snakemake does not track those): the ones
+    named and every library module they import."""
     digest = hashlib.sha256()
-    for module in sorted(modules):
-        digest.update((LIBRARY / f"{module}.py").read_bytes())
+    for name in sorted(library_modules(*modules)):
+        digest.update((LIBRARY / f"{name}.py").read_bytes())
     return digest.hexdigest()[:16]
 
 

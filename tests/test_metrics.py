@@ -34,3 +34,18 @@ def test_tre_pairs_first_min_rows_and_ignores_unmapped():
     summary = tre_summary(tre, diagonal=10.0)
     assert summary["tre_max"] == pytest.approx(2.0)
     assert summary["n_unmapped"] == 1
+
+
+@pytest.mark.parametrize("shape", [(151, 129), (602, 514), (100, 257), (37, 1000), (5, 3)])
+@pytest.mark.parametrize("anti_aliasing", [False, True])
+def test_resize_linear_equals_scikit_image(shape, anti_aliasing):
+    """Down- and upsampling, per-axis factors either side of 1, anti-aliased or not: the
+    numbers of skimage's resize (mirrored edges included) to float32 rounding."""
+    from regflow.metrics import resize_linear
+    from skimage.transform import resize
+
+    image = np.random.default_rng(0).random((301, 257)).astype(np.float32)
+    expected = resize(image, shape, order=1, anti_aliasing=anti_aliasing, preserve_range=True)
+    result = resize_linear(image, shape, anti_aliasing)
+    assert result.dtype == np.float32 and result.shape == shape
+    np.testing.assert_allclose(result, expected, rtol=0, atol=5e-7)

@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from skimage import registration, transform
 
-from .metrics import gaussian, local_normalise, ncc
+from .metrics import gaussian, local_normalise, ncc, resize_linear
 from .rigid import overlap_mask, warp_to_fixed
 from .transform import Transform
 
@@ -120,10 +119,9 @@ def consistent(
     """
     half = tuple(max(8, n // 2) for n in fixed.shape)
     ratios = np.array([half[0] / fixed.shape[0], half[1] / fixed.shape[1]])
-    small = [transform.resize(im, half, order=1, anti_aliasing=True, preserve_range=True)
-             for im in (fixed, moving)]  # fmt: skip
+    small = [resize_linear(im, half, anti_aliasing=True) for im in (fixed, moving)]
     backward = estimate_displacement(small[1], small[0], method, **solver_options)
-    backward = np.stack([transform.resize(b, fixed.shape, order=1, preserve_range=True) / r
+    backward = np.stack([resize_linear(b, fixed.shape) / r
                          for b, r in zip(backward, ratios, strict=True)])  # fmt: skip
     undone = np.stack([warp_by_displacement(b, forward) for b in backward])
     return np.hypot(*(forward + undone)) < tolerance
@@ -205,7 +203,9 @@ def estimate_displacement(
     the final field with a Gaussian anyway, and the filter costs a quarter of the run time.
     """
     if method == "tvl1":
-        return registration.optical_flow_tvl1(
+        from skimage.registration import optical_flow_tvl1
+
+        return optical_flow_tvl1(
             fixed,
             moving,
             attachment=attachment,
@@ -289,8 +289,7 @@ def refine_flow(
     if factor < 1.0:
         small = tuple(max(8, int(round(n * factor))) for n in fixed.shape)
         fixed_in, moving_in = (
-            transform.resize(im, small, order=1, anti_aliasing=True, preserve_range=True)
-            for im in (fixed_in, moving_in)
+            resize_linear(im, small, anti_aliasing=True) for im in (fixed_in, moving_in)
         )
     if normalise_sigma > 0:
         fixed_in = local_normalise(fixed_in, normalise_sigma * factor)
@@ -315,7 +314,7 @@ def refine_flow(
         ratios = [fixed.shape[0] / displacement.shape[1], fixed.shape[1] / displacement.shape[2]]
         displacement = np.stack(
             [
-                transform.resize(d, fixed.shape, order=1, preserve_range=True) * ratio
+                resize_linear(d, fixed.shape) * ratio
                 for d, ratio in zip(displacement, ratios, strict=True)
             ]
         )

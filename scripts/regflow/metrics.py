@@ -21,6 +21,71 @@ def gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(image, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
 
 
+def _mirrored_linear_taps(size_out: int, size_in: int) -> tuple[np.ndarray, ...]:
+    """Output indices whose pixel-centre position ``(i + 0.5)·in/out − 0.5`` falls outside
+    the input (upsampling only), with their two input taps and weight, edges mirrored."""
+    positions = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
+    outside = np.nonzero((positions < 0) | (positions > size_in - 1))[0]
+    mirrored = np.abs(positions[outside])
+    mirrored = np.where(mirrored > size_in - 1, 2 * (size_in - 1) - mirrored, mirrored)
+    low = np.clip(np.floor(mirrored).astype(np.intp), 0, size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    return outside, low, high, (mirrored - low).astype(np.float32)
+
+
+def _linear_along(image: np.ndarray, axis: int, size_out: int, taps=None) -> np.ndarray:
+    """Linear interpolation of ``image`` along ``axis`` at every pixel-centre output position
+    (mirrored edges), or only at ``taps`` = (indices, low, high, weight)."""
+    positions = (np.arange(size_out) + 0.5) * (image.shape[axis] / size_out) - 0.5
+    if taps is None:
+        mirrored = np.abs(positions)
+        last = image.shape[axis] - 1
+        mirrored = np.where(mirrored > last, 2 * last - mirrored, mirrored)
+        low = np.clip(np.floor(mirrored).astype(np.intp), 0, last)
+        taps = (None, low, np.minimum(low + 1, last), (mirrored - low).astype(np.float32))
+    _, low, high, weight = taps
+    shape = [1, 1]
+    shape[axis] = -1
+    weight = weight.reshape(shape)
+    return np.take(image, low, axis) * (1 - weight) + np.take(image, high, axis) * weight
+
+
+def resize_linear(
+    image: np.ndarray, shape: tuple[int, int], anti_aliasing: bool = False
+) -> np.ndarray:
+    """A 2-D image resized by bilinear interpolation on pixel centres, float32: the numbers of
+    ``skimage.transform.resize(image, shape, order=1, mode="reflect", preserve_range=True,
+    anti_aliasing=anti_aliasing)`` (to float32 rounding) by OpenCV, 5–10× faster and without
+    importing scipy.
+
+    Anti-aliasing is skimage's: a Gaussian of σ = (factor − 1) / 2 per axis, edges mirrored.
+    OpenCV replicates the edge where upsampling reaches past the outer pixel centres; those
+    few rows and columns are recomputed mirrored, as skimage does.
+    """
+    import cv2
+
+    image = np.ascontiguousarray(image, np.float32)
+    height, width = int(shape[0]), int(shape[1])
+    if image.shape == (height, width):
+        return image.copy()
+    if anti_aliasing:
+        sigma_y, sigma_x = np.maximum(0.0, (np.divide(image.shape, (height, width)) - 1) / 2)
+        if sigma_y > 0 or sigma_x > 0:
+            # scipy's kernel radius (truncate 4); a 1-tap kernel leaves an axis unfiltered
+            ksize = tuple(2 * int(4 * s + 0.5) + 1 if s > 0 else 1 for s in (sigma_x, sigma_y))
+            image = cv2.GaussianBlur(image, ksize, sigmaX=float(sigma_x or sigma_y),
+                                     sigmaY=float(sigma_y or sigma_x),
+                                     borderType=cv2.BORDER_REFLECT_101)  # fmt: skip
+    out = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    rows = _mirrored_linear_taps(height, image.shape[0])
+    cols = _mirrored_linear_taps(width, image.shape[1])
+    if rows[0].size and image.shape[0] > 1:
+        out[rows[0]] = _linear_along(_linear_along(image, 0, height, rows), 1, width)
+    if cols[0].size and image.shape[1] > 1:
+        out[:, cols[0]] = _linear_along(_linear_along(image, 1, width, cols), 0, height)
+    return out
+
+
 def local_normalise(image: np.ndarray, sigma: float) -> np.ndarray:
     """Subtract the local mean and divide by the local standard deviation (Gaussian window).
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage import color, filters, morphology, transform
+from skimage import color, filters, morphology
 
 from .channels import MODALITIES, ChannelError, resolve_channel
 from .io import ImageInfo, choose_level, read_image
+from .metrics import resize_linear
 
 
 @dataclass
@@ -211,7 +212,7 @@ def tissue_mask(image: np.ndarray, min_fraction: float = 0.01, mask_size: int = 
     if fraction < min_fraction or fraction > 0.995:
         return np.ones(image.shape, bool)
     if mask.shape != image.shape:
-        mask = transform.resize(mask.astype(np.float32), image.shape, order=1) > 0.5
+        mask = resize_linear(mask, image.shape) > 0.5
     return mask
 
 
@@ -219,9 +220,7 @@ def downsample(image: np.ndarray, working_shape: tuple[int, int]) -> np.ndarray:
     """Anti-aliased resize of a 2-D float image."""
     if tuple(working_shape) == image.shape:
         return image.astype(np.float32, copy=False)
-    return transform.resize(
-        image, working_shape, order=1, anti_aliasing=True, preserve_range=True
-    ).astype(np.float32)
+    return resize_linear(image, working_shape, anti_aliasing=True)
 
 
 def preprocess(

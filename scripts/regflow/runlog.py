@@ -98,8 +98,9 @@ def stage_log(log_path: str | os.PathLike, stage: str, sample: str) -> Iterator[
 
 
 def save_npz(path: str | os.PathLike, **arrays) -> None:
-    """``numpy.savez_compressed`` atomically."""
+    """``numpy.savez`` atomically. Uncompressed: working-resolution float images gain ~30 %
+    from zlib at 30× the time of writing them (0.16 s per 1024² image)."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
