@@ -165,13 +165,19 @@ def _linear_maps(transform: Transform, rows: slice, cols: slice, shape: tuple[in
         return None
     maps = []
     for (row_term, col_term, field), origin in zip(parts, (r0, c0), strict=True):
-        position = np.add.outer(row_term * _QUANTUM, col_term * _QUANTUM)
+        # in quanta relative to the window (the origin, an integer, comes off the row term:
+        # exact in float64); each pass over the block is in place
         if field is not None:
-            position += weights[0] @ (field * _QUANTUM) @ weights[1].T
+            position = (weights[0] @ (field * _QUANTUM)) @ weights[1].T
+            position += (row_term * _QUANTUM - origin * _QUANTUM)[:, None]
+        else:
+            position = np.empty((row_term.size, col_term.size))
+            position[:] = (row_term * _QUANTUM - origin * _QUANTUM)[:, None]
+        position += (col_term * _QUANTUM)[None, :]
         np.rint(position, out=position)
-        position -= origin * _QUANTUM  # exact: integers in float64
-        quantised = position.astype(np.float32)
-        quantised *= np.float32(1.0 / _QUANTUM)  # exact: a power of two
+        quantised = np.empty(position.shape, np.float32)
+        # integers below 2**24 times a power of two: exact in float32
+        np.multiply(position, 1.0 / _QUANTUM, out=quantised, casting="same_kind")
         maps.append(quantised)
     map_y, map_x = maps
     outside = None
