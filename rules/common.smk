@@ -362,8 +362,8 @@ def write_summary_after_failure():
     Path(OUTDIR).mkdir(parents=True, exist_ok=True)
     target = Path(OUTDIR, "summary.tsv")
     write_summary(table, target, Path(OUTDIR, "summary.png"))
-    failed = table.loc[table["status"] == "failed", ["sample", "reason"]]
+    failed = [row for row in table if row["status"] == "failed"]
     logger.error(
         f"{len(failed)} sample(s) failed; the others completed. Summary: {target}\n"
-        + "\n".join(f"  {row.sample}: {row.reason}" for row in failed.itertuples())
+        + "\n".join(f"  {row['sample']}: {row['reason']}" for row in failed)
     )

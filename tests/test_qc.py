@@ -58,5 +58,32 @@ def test_failed_samples_in_the_cohort_table():
         {"s1": {"sample": "s1", "status": "ok", "similarity": {"final": {"ncc": 0.9}}}, "s2": None},
         {"s2": failure_reason(log)},
     )
-    assert list(table["status"]) == ["ok", "failed"]
-    assert table.loc[1, "reason"] == "preprocess: the file is truncated"
+    assert [row["status"] for row in table] == ["ok", "failed"]
+    assert table[1]["reason"] == "preprocess: the file is truncated"
+
+
+def test_summary_tsv_columns_missing_values_and_number_format(tmp_path):
+    """summary.tsv: a pair sheet's columns (no case/image), missing values empty, floats to
+    six significant digits, readable by pandas with the right types."""
+    import pandas as pd
+    from regflow.qc import SUMMARY_COLUMNS, summary_table, write_summary
+
+    metrics = [
+        {"sample": "a", "status": "ok", "similarity": {"final": {"ncc": 0.123456789}},
+         "landmarks": {"final": {"rtre_median": 0.0012345678, "tre_median": 3.5}},
+         "rigid": {"rotation_deg": -90.0, "scale": 1.0}, "seconds": {"rigid": 1.25}},
+        {"sample": "b", "status": "failed", "reason": "preprocess: truncated"},
+    ]  # fmt: skip
+    table = summary_table(metrics)
+    write_summary(table, tmp_path / "summary.tsv", tmp_path / "summary.png")
+    lines = (tmp_path / "summary.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == [c for c in SUMMARY_COLUMNS if c not in ("case", "image")]
+    read = pd.read_csv(tmp_path / "summary.tsv", sep="\t")
+    assert list(read["sample"]) == ["a", "b"] and list(read["status"]) == ["ok", "failed"]
+    assert read.loc[0, "ncc_final"] == 0.123457 and read.loc[0, "rtre_final"] == 0.00123457
+    assert read.loc[0, "rotation_deg"] == -90 and pd.isna(read.loc[1, "ncc_final"])
+    assert read.loc[1, "flags"] == "failed" and pd.isna(read.loc[0, "flags"])
+    assert (tmp_path / "summary.png").stat().st_size > 10_000
+    assert list(tmp_path.glob(".*")) == []
+    images = summary_table([{"sample": "case1/he", "status": "ok"}])
+    assert list(images[0])[:3] == ["sample", "case", "image"] and images[0]["case"] == "case1"

@@ -115,7 +115,7 @@ def _table(n, flagged=()):
                        if bad else [], "info": [],
                        "measures": {"evidence": {"evidence": 3.0 if bad else 40.0}}},
         }))  # fmt: skip
-    return pd.DataFrame(rows)
+    return rows
 
 
 @pytest.mark.parametrize("n", [3, 300])
@@ -135,7 +135,7 @@ def test_cohort_figure_is_legible_at_any_size(tmp_path, n):
 
 
 def test_summary_row_carries_flags_reasons_and_information():
-    row = _table(3, {"slide_001"}).iloc[1]
+    row = _table(3, {"slide_001"})[1]
     assert row["flags"] == "unrelated_images"
     assert row["flag_reasons"] == "unrelated_images: evidence 3.0 < 9"
     assert row["evidence"] == 3.0

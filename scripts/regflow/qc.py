@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -16,9 +15,6 @@ from matplotlib.collections import LineCollection  # noqa: E402
 
 from .metrics import gaussian, ncc, nmi, target_registration_error, tre_summary  # noqa: E402
 from .transform import Transform, apply_matrix, inside_image  # noqa: E402
-
-if TYPE_CHECKING:  # pandas costs ~0.3 s to import: only the cohort summary needs it
-    import pandas as pd
 
 STAGES = ("initial", "rigid", "final")
 SUMMARY_COLUMNS = [
@@ -207,13 +203,31 @@ def _save_figure(fig, path: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_summary(table: pd.DataFrame, table_path: str | os.PathLike, figure_path) -> None:
-    """Write summary.tsv and summary.png, each atomically."""
+def _cell(value) -> str:
+    """A summary.tsv cell: empty for a missing value, floats to 6 significant digits."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.6g}"
+    return str(value)
+
+
+def write_summary(table: list[dict], table_path: str | os.PathLike, figure_path) -> None:
+    """Write summary.tsv (one row per registration, :func:`summary_table`) and summary.png,
+    each atomically."""
+    import csv
 
     table_path = Path(table_path)
     tmp = table_path.with_name(f".{table_path.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, sep="\t", index=False, na_rep="", float_format="%.6g")
-    os.replace(tmp, table_path)
+    columns = list(table[0]) if table else list(SUMMARY_COLUMNS)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows([_cell(row.get(c)) for c in columns] for row in table)
+        os.replace(tmp, table_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     summary_figure(figure_path, table)
 
 
@@ -474,45 +488,45 @@ def summary_row(metrics: dict) -> dict:
     return row
 
 
-def _summary_frame(rows: list[dict]) -> pd.DataFrame:
-    """summary.tsv's table: ``case`` and ``image`` only for an images sheet (a pair sheet's
-    summary keeps its columns: ``sample``, ``status``, …)."""
-    import pandas as pd
-
-    table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    if not (table["image"].fillna("") != "").any():
-        table = table.drop(columns=["case", "image"])
-    return table
+def _summary_rows(rows: list[dict]) -> list[dict]:
+    """summary.tsv's rows, columns in order: ``case`` and ``image`` only for an images sheet
+    (a pair sheet's summary keeps its columns: ``sample``, ``status``, …)."""
+    images = any(row.get("image") for row in rows)
+    columns = [c for c in SUMMARY_COLUMNS if images or c not in ("case", "image")]
+    return [{c: row.get(c) for c in columns} for row in rows]
 
 
-def summary_table(all_metrics: list[dict]) -> pd.DataFrame:
+def summary_table(all_metrics: list[dict]) -> list[dict]:
+    """The cohort table: one :func:`summary_row` per metrics.json, as summary.tsv has them."""
+    return _summary_rows([summary_row(m) for m in all_metrics])
 
-    return _summary_frame([summary_row(m) for m in all_metrics])
+
+def _number(value) -> float:
+    """A table value as a float (NaN when missing or not a number)."""
+    try:
+        return float(value) if value is not None and value != "" else np.nan
+    except (TypeError, ValueError):
+        return np.nan
 
 
-def _severity(table: pd.DataFrame) -> pd.Series:
+def _severity(row: dict) -> float:
     """Sort key, worst first: failed, then by number of flags, then weakest evidence."""
-    import pandas as pd
-
-    flags = table["flags"].fillna("").astype(str)
-    count = flags.map(lambda text: len([f for f in text.split(";") if f]))
-    evidence = pd.to_numeric(table.get("evidence"), errors="coerce").fillna(np.inf)
-    return (table["status"] == "failed") * 1e6 + count * 1e3 - np.minimum(evidence, 999)
+    count = len([f for f in str(row.get("flags") or "").split(";") if f])
+    evidence = _number(row.get("evidence"))
+    evidence = np.inf if np.isnan(evidence) else evidence
+    return (row.get("status") == "failed") * 1e6 + count * 1e3 - min(evidence, 999)
 
 
-def summary_figure(path: str, table: pd.DataFrame, max_listed: int = 30) -> plt.Figure:
+def summary_figure(path: str, table: list[dict], max_listed: int = 30) -> plt.Figure:
     """Cohort view of any size: distributions of the final similarity, landmark error and
     alignment evidence (every registration a dot, flagged ones red), and the flagged ones by
     name, worst first, with their reasons. Returns the (closed) figure."""
-    import pandas as pd
-
     n = len(table)
-    severity = _severity(table)
-    flagged = table.loc[severity.sort_values(ascending=False).index]
-    flagged = flagged[flagged["flags"].fillna("").astype(str) != ""]
+    red = np.array([bool(row.get("flags")) for row in table], bool)
+    flagged = sorted((row for row in table if row.get("flags")), key=_severity, reverse=True)
     fig = plt.figure(figsize=(18, 11), dpi=90, layout="constrained")
     grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.25])
-    red = table["flags"].fillna("").astype(str) != ""
+    names = np.array([str(row.get("sample")) for row in table], object)
     panels = (
         ("ncc_final", "final NCC on the tissue (higher is better)", False),
         ("rtre_final", "final median rTRE (lower is better)", True),
@@ -521,7 +535,7 @@ def summary_figure(path: str, table: pd.DataFrame, max_listed: int = 30) -> plt.
     rng = np.random.default_rng(0)
     for column, (key, title, log_scale) in enumerate(panels):
         ax = fig.add_subplot(grid[0, column])
-        values = pd.to_numeric(table.get(key), errors="coerce").to_numpy(np.float64)
+        values = np.array([_number(row.get(key)) for row in table], np.float64)
         ok = np.isfinite(values) & (values > 0 if log_scale else True)
         if not ok.any():
             ax.text(0.5, 0.5, "not measured in this cohort", ha="center",
@@ -538,7 +552,7 @@ def summary_figure(path: str, table: pd.DataFrame, max_listed: int = 30) -> plt.
         if key == "evidence":
             ax.axvline(9, color="#888", linestyle="--", linewidth=1)
         if n <= 12:  # few enough to name every dot
-            for value, y, name in zip(values[ok], jitter[ok], table["sample"][ok], strict=True):
+            for value, y, name in zip(values[ok], jitter[ok], names[ok], strict=True):
                 ax.annotate(str(name), (value, y), fontsize=8, xytext=(3, 3),
                             textcoords="offset points")  # fmt: skip
         ax.set_ylim(-1, 1)
@@ -550,16 +564,18 @@ def summary_figure(path: str, table: pd.DataFrame, max_listed: int = 30) -> plt.
     text_ax.axis("off")
     lines = [f"{len(flagged)} of {n} flagged for review, worst first:" if len(flagged)
              else f"no registration of the {n} is flagged"]  # fmt: skip
-    for row in flagged.head(max_listed).itertuples():
-        reasons = _wrap(str(row.flag_reasons), 150).replace("\n        ", "\n    ")
-        lines.append(f"{row.sample} [{row.status}]  {reasons}")
+    for row in flagged[:max_listed]:
+        reasons = _wrap(str(row.get("flag_reasons")), 150).replace("\n        ", "\n    ")
+        lines.append(f"{row.get('sample')} [{row.get('status')}]  {reasons}")
     if len(flagged) > max_listed:
         lines.append(f"… and {len(flagged) - max_listed} more: see summary.tsv (flags, "
                      "flag_reasons)")  # fmt: skip
     text_ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace",
                  fontsize=10, color="#cf222e" if len(flagged) else "#1a7f37",
                  transform=text_ax.transAxes)  # fmt: skip
-    counts = table["status"].value_counts().to_dict()
+    counts = {}
+    for row in table:
+        counts[row.get("status")] = counts.get(row.get("status"), 0) + 1
     summary = ", ".join(f"{counts[k]} {label}" for k, label in
                         (("ok", "refined"), ("rigid_only", "global only"), ("failed", "failed"))
                         if k in counts)  # fmt: skip
@@ -581,7 +597,7 @@ def failure_reason(log_text: str) -> str | None:
     return None
 
 
-def cohort_table(results: dict[str, dict | None], failures: dict[str, str | None]) -> pd.DataFrame:
+def cohort_table(results: dict[str, dict | None], failures: dict[str, str | None]) -> list[dict]:
     """summary.tsv for a cohort in which some samples failed.
 
     Parameters
@@ -600,7 +616,7 @@ def cohort_table(results: dict[str, dict | None], failures: dict[str, str | None
             )
             metrics = {"sample": sample, "status": "failed", "reason": reason}
         rows.append(summary_row(metrics))
-    return _summary_frame(rows)
+    return _summary_rows(rows)
 
 
 def case_figure(
