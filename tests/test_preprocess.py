@@ -77,3 +77,21 @@ def test_scale_matrix_maps_pixel_centres():
     matrix = scale_matrix((100, 200), (50, 100))
     # full pixels 0 and 1 average into working pixel 0, centred at full 0.5
     np.testing.assert_allclose(matrix @ [0.5, 0.5, 1], [0, 0, 1])
+
+
+def test_mask_morphology_equals_scikit_image():
+    """The tissue mask's disk footprint and small-object removal are scikit-image's (whose
+    morphology module the preprocess job no longer imports)."""
+    from regflow.preprocess import _disk, _without_small_objects
+    from skimage import morphology
+
+    for radius in range(0, 12):
+        np.testing.assert_array_equal(_disk(radius), morphology.disk(radius).astype(bool))
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        mask = rng.random((120, 150)) > rng.uniform(0.3, 0.8)
+        for max_size in (0, 1, 3, 10, 50):
+            np.testing.assert_array_equal(
+                _without_small_objects(mask, max_size),
+                morphology.remove_small_objects(mask, max_size=max_size),
+            )

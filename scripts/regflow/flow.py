@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .metrics import gaussian, local_normalise, ncc, resize_linear
-from .rigid import overlap_mask, warp_to_fixed
+from .rigid import overlap_mask, warp_fast
 from .transform import Transform
 
 METHODS = ("tvl1", "ilk", "none")
@@ -375,10 +375,11 @@ def refine_after_global(
         Passed to :func:`refine_flow`.
     """
     shape = fixed_image.shape
-    moving_rigid = warp_to_fixed(moving_image, fixed_to_moving, shape, mode="nearest")
+    # OpenCV's affine warp (no scipy in the flow job: 0.3 s of imports; same BIRL results)
+    moving_rigid = warp_fast(moving_image, fixed_to_moving, shape, mode="nearest")
     overlap = overlap_mask(moving_image.shape, fixed_to_moving, shape)
     moving_rigid[~overlap] = 0.0
-    warped_mask = warp_to_fixed(moving_mask.astype(np.float32), fixed_to_moving, shape) > 0.5
+    warped_mask = warp_fast(moving_mask.astype(np.float32), fixed_to_moving, shape) > 0.5
     return refine_flow(
         fixed_image, moving_rigid, fixed_mask, warped_mask, overlap=overlap, **options
     )
