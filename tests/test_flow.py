@@ -3,7 +3,7 @@ import pytest
 from regflow.example import KnownWarp, fixed_landmarks, map_landmarks, render_moving
 from regflow.flow import refine_flow, to_full_resolution
 from regflow.preprocess import preprocess
-from regflow.rigid import register_rigid, warp_to_fixed
+from regflow.rigid import register_rigid, warp_fast
 from regflow.transform import Transform
 
 
@@ -16,8 +16,8 @@ def test_flow_recovers_elastic_deformation_beyond_rigid(ihc_small, max_size, met
     fixed = preprocess(ihc_small, "brightfield", "hematoxylin", True, 1.0)
     moving = preprocess(moving_rgb, "brightfield", "hematoxylin", True, 1.0)
     rigid = register_rigid(fixed.image, moving.image, fixed.tissue_mask, moving.tissue_mask)
-    moving_rigid = warp_to_fixed(moving.image, rigid.fixed_to_moving, shape)
-    mask = warp_to_fixed(moving.tissue_mask.astype(np.float32), rigid.fixed_to_moving, shape) > 0.5
+    moving_rigid = warp_fast(moving.image, rigid.fixed_to_moving, shape)
+    mask = warp_fast(moving.tissue_mask.astype(np.float32), rigid.fixed_to_moving, shape) > 0.5
     result = refine_flow(
         fixed.image, moving_rigid, fixed.tissue_mask, mask, method=method, max_size=max_size
     )

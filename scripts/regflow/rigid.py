@@ -30,8 +30,6 @@ from .transform import inside_image
 # scipy and scikit-image (~0.8 s to import) are imported by the functions that use them: the
 # flow job imports this module only for warp_fast and overlap_mask.
 
-_SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-
 
 @dataclass
 class RigidResult:
@@ -59,38 +57,15 @@ class RigidResult:
     candidates: list[dict] = field(default_factory=list)
 
 
-def warp_to_fixed(
-    moving: np.ndarray,
-    fixed_to_moving: np.ndarray,
-    fixed_shape: tuple[int, int],
-    order: int = 1,
-    cval: float = 0.0,
-    mode: str = "constant",
-) -> np.ndarray:
-    """Sample ``moving`` on the fixed grid through ``fixed_to_moving`` (xy matrix)."""
-    from scipy import ndimage as ndi
-
-    matrix_rc = _SWAP_XY @ fixed_to_moving @ _SWAP_XY
-    return ndi.affine_transform(
-        moving,
-        matrix_rc,
-        output_shape=tuple(fixed_shape),
-        order=order,
-        mode=mode,
-        cval=cval,
-        prefilter=False,
-    )
-
-
 def warp_fast(
     moving: np.ndarray,
     fixed_to_moving: np.ndarray,
     fixed_shape: tuple[int, int],
     mode: str = "constant",
 ) -> np.ndarray:
-    """:func:`warp_to_fixed` (bilinear; 0 outside, or ``mode="nearest"``: edges repeated) by
-    OpenCV, float32: ~10× faster, without scipy; positions are quantised to 1/32 px, far
-    below what a score or an optical flow can tell apart."""
+    """Sample ``moving`` on the fixed grid through ``fixed_to_moving`` (xy matrix): bilinear,
+    0 outside (or ``mode="nearest"``: edges repeated), float32, by OpenCV (positions resolved
+    to 1/32 px, far below what a score or an optical flow can tell apart)."""
     import cv2
 
     border = {"constant": cv2.BORDER_CONSTANT, "nearest": cv2.BORDER_REPLICATE}[mode]
