@@ -206,6 +206,8 @@ def main() -> None:
             f"{floor:.1f} s; ratio {total / floor:.2f}; "
             f"warp {pixels / 1e6 / stage_seconds['warp']:.1f} Mpx/s"
         )
+        if len(rows) == 1:  # the whole run is this pair's: Snakemake's start-up, summary too
+            print(f"whole workflow / floor: {seconds / floor:.2f}")
         names = re.findall(r'Channel[^>]*Name="([^"]*)"', ome)
         print(
             f"output levels: {levels}; PhysicalSizeX in OME: {'PhysicalSizeX=' in ome}; "
