@@ -145,8 +145,11 @@ class TileStore:
         self._file = open(path, "w+b")  # noqa: SIM115 (closed in close())
         self._file.truncate(planes * self.grid[0] * self.grid[1] * self.record_bytes)
 
+    def _offset(self, plane: int, row: int, col: int) -> int:
+        return ((plane * self.grid[0] + row) * self.grid[1] + col) * self.record_bytes
+
     def _write(self, plane: int, row: int, col: int, record: np.ndarray) -> None:
-        self._file.seek(((plane * self.grid[0] + row) * self.grid[1] + col) * self.record_bytes)
+        self._file.seek(self._offset(plane, row, col))
         self._file.write(memoryview(np.ascontiguousarray(record, self.dtype)).cast("B"))
 
     def _padded(self, data: np.ndarray) -> np.ndarray:
@@ -171,7 +174,7 @@ class TileStore:
 
     def record(self, plane: int, row: int, col: int) -> np.ndarray:
         """The stored ``(tile, tile)`` plane, or ``(tile, tile, C)`` record if interleaved."""
-        self._file.seek(((plane * self.grid[0] + row) * self.grid[1] + col) * self.record_bytes)
+        self._file.seek(self._offset(plane, row, col))
         data = self._file.read(self.record_bytes)
         return np.frombuffer(data, self.dtype).reshape(self.record_shape)
 
