@@ -21,29 +21,20 @@ def gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(image, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
 
 
-def _mirrored_linear_taps(size_out: int, size_in: int) -> tuple[np.ndarray, ...]:
-    """Output indices whose pixel-centre position ``(i + 0.5)·in/out − 0.5`` falls outside
-    the input (upsampling only), with their two input taps and weight, edges mirrored."""
+def _mirrored_taps(size_out: int, size_in: int) -> tuple[np.ndarray, ...]:
+    """For every pixel-centre output position ``(i + 0.5)·in/out − 0.5``: its two input taps
+    and the weight of the second (edges mirrored), and whether it falls outside the input."""
     positions = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
-    outside = np.nonzero((positions < 0) | (positions > size_in - 1))[0]
-    mirrored = np.abs(positions[outside])
-    mirrored = np.where(mirrored > size_in - 1, 2 * (size_in - 1) - mirrored, mirrored)
-    low = np.clip(np.floor(mirrored).astype(np.intp), 0, size_in - 1)
-    high = np.minimum(low + 1, size_in - 1)
-    return outside, low, high, (mirrored - low).astype(np.float32)
+    last = size_in - 1
+    mirrored = np.abs(positions)
+    mirrored = np.where(mirrored > last, 2 * last - mirrored, mirrored)
+    low = np.clip(np.floor(mirrored).astype(np.intp), 0, last)
+    high = np.minimum(low + 1, last)
+    return low, high, (mirrored - low).astype(np.float32), (positions < 0) | (positions > last)
 
 
-def _linear_along(image: np.ndarray, axis: int, size_out: int, taps=None) -> np.ndarray:
-    """Linear interpolation of ``image`` along ``axis`` at every pixel-centre output position
-    (mirrored edges), or only at ``taps`` = (indices, low, high, weight)."""
-    positions = (np.arange(size_out) + 0.5) * (image.shape[axis] / size_out) - 0.5
-    if taps is None:
-        mirrored = np.abs(positions)
-        last = image.shape[axis] - 1
-        mirrored = np.where(mirrored > last, 2 * last - mirrored, mirrored)
-        low = np.clip(np.floor(mirrored).astype(np.intp), 0, last)
-        taps = (None, low, np.minimum(low + 1, last), (mirrored - low).astype(np.float32))
-    _, low, high, weight = taps
+def _linear_along(image: np.ndarray, axis: int, low, high, weight) -> np.ndarray:
+    """Linear interpolation of ``image`` along ``axis`` between taps ``low`` and ``high``."""
     shape = [1, 1]
     shape[axis] = -1
     weight = weight.reshape(shape)
@@ -77,12 +68,16 @@ def resize_linear(
                                      sigmaY=float(sigma_y or sigma_x),
                                      borderType=cv2.BORDER_REFLECT_101)  # fmt: skip
     out = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    rows = _mirrored_linear_taps(height, image.shape[0])
-    cols = _mirrored_linear_taps(width, image.shape[1])
-    if rows[0].size and image.shape[0] > 1:
-        out[rows[0]] = _linear_along(_linear_along(image, 0, height, rows), 1, width)
-    if cols[0].size and image.shape[1] > 1:
-        out[:, cols[0]] = _linear_along(_linear_along(image, 1, width, cols), 0, height)
+    rows = _mirrored_taps(height, image.shape[0])
+    cols = _mirrored_taps(width, image.shape[1])
+    if rows[3].any() and image.shape[0] > 1:
+        edge = rows[3]
+        out[edge] = _linear_along(_linear_along(image, 0, *(t[edge] for t in rows[:3])), 1,
+                                  *cols[:3])  # fmt: skip
+    if cols[3].any() and image.shape[1] > 1:
+        edge = cols[3]
+        out[:, edge] = _linear_along(_linear_along(image, 1, *(t[edge] for t in cols[:3])), 0,
+                                     *rows[:3])  # fmt: skip
     return out
 
 
