@@ -49,3 +49,17 @@ def test_resize_linear_equals_scikit_image(shape, anti_aliasing):
     result = resize_linear(image, shape, anti_aliasing)
     assert result.dtype == np.float32 and result.shape == shape
     np.testing.assert_allclose(result, expected, rtol=0, atol=5e-7)
+
+
+def test_joint_histogram_equals_numpy():
+    """NMI's joint histogram: numpy's histogram2d counts (equal-width bins, the maximum in the
+    last bin, a constant image in the middle bin)."""
+    from regflow.metrics import _joint_histogram
+
+    rng = np.random.default_rng(0)
+    a = rng.random(200_000)
+    levels = rng.integers(0, 256, 200_000).astype(float)  # values on bin edges
+    for x, y in ((a, 0.5 * a + 0.5 * rng.random(a.size)), (levels, levels), (np.full(500, 3.0),
+                                                                             a[:500])):  # fmt: skip
+        expected, _, _ = np.histogram2d(x, y, bins=32)
+        np.testing.assert_array_equal(_joint_histogram(x, y, 32), expected)
