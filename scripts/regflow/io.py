@@ -269,12 +269,15 @@ class PyramidLevel:
         """Reduce the tiles no reader asked for into the next level (normally none)."""
         if self.next is None:
             return
+        planes = [None] if self.quarters.interleaved else range(self.shape[0])
         for row in range(self.grid[0]):
             for col in range(self.grid[1]):
-                if self.quarters.interleaved:
-                    self.get(row, col)
-                else:
-                    for plane in range(self.shape[0]):
+                for plane in planes:
+                    if (plane, row, col) in self._reduced:
+                        continue  # already reduced when it was read: not read again
+                    if plane is None:
+                        self.get(row, col)
+                    else:
                         self.get_plane(plane, row, col)
 
     def close(self) -> None:

@@ -169,10 +169,9 @@ def _linear_maps(transform: Transform, rows: slice, cols: slice, shape: tuple[in
         # exact in float64); each pass over the block is in place
         if field is not None:
             position = (weights[0] @ (field * _QUANTUM)) @ weights[1].T
-            position += (row_term * _QUANTUM - origin * _QUANTUM)[:, None]
         else:
-            position = np.empty((row_term.size, col_term.size))
-            position[:] = (row_term * _QUANTUM - origin * _QUANTUM)[:, None]
+            position = np.zeros((row_term.size, col_term.size))
+        position += (row_term * _QUANTUM - origin * _QUANTUM)[:, None]
         position += (col_term * _QUANTUM)[None, :]
         np.rint(position, out=position)
         quantised = np.empty(position.shape, np.float32)
