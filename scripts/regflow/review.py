@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from .metrics import local_normalise, ncc
+from .rigid import UNKNOWN_PIXEL_SIZE_FACTOR
 
 DEFAULTS = {
     "min_evidence": 9.0,
@@ -178,8 +179,10 @@ def review(measures: dict, thresholds: dict | None = None) -> tuple[list[dict], 
              "other: a wrong pairing or a cut-off scan")  # fmt: skip
     shape = measures.get("shape") or {}
     if shape:
-        scale_limit = limits["max_scale_change"] if measures.get("pixel_sizes_known") else 2.0
-        # (without pixel sizes a 20× scan may meet a 40× one: only beyond ×3 / ÷3)
+        # without pixel sizes a 20× scan may meet a 40× one: only beyond the global search's
+        # own range (× / ÷ 3)
+        scale_limit = (limits["max_scale_change"] if measures.get("pixel_sizes_known")
+                       else UNKNOWN_PIXEL_SIZE_FACTOR - 1)  # fmt: skip
         if abs(np.log(shape["scale"])) > np.log(1 + scale_limit):
             flag("implausible_scale", f"the tissue is scaled by {shape['scale']:.3f}: no "
                  "section shrinks or grows so much (check the pixel sizes)")  # fmt: skip

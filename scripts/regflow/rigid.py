@@ -641,6 +641,8 @@ def _ambiguous(candidates: list[dict], level, clear_ratio: float) -> bool:
 
 # Scale change trusted without both pixel sizes: × / ÷ 3 (as the QC's scale flag allows).
 UNKNOWN_PIXEL_SIZE_SCALE_CHANGE = 2.0 / 3.0
+# the same bound as a factor either way (3)
+UNKNOWN_PIXEL_SIZE_FACTOR = 1.0 / (1.0 - UNKNOWN_PIXEL_SIZE_SCALE_CHANGE)
 
 
 def trusted_scale_change(max_scale_change: float, pixel_sizes_known: bool) -> float:
