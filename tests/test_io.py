@@ -95,7 +95,8 @@ def test_region_reader_matches_full_read(tmp_path, channels, rgb, dtype):
 @pytest.mark.parametrize(
     ("channels", "rgb", "dtype"), [(3, True, np.uint8), (2, False, np.float32)]
 )
-def test_streamed_writer_equals_in_memory_writer(tmp_path, channels, rgb, dtype):
+@pytest.mark.parametrize("threads", [1, 2])  # 2: tiles encoded ahead on a pool of its own
+def test_streamed_writer_equals_in_memory_writer(tmp_path, channels, rgb, dtype, threads):
     from regflow.io import write_ome_tiff_tiled
 
     image = (np.random.default_rng(2).random((channels, 333, 270)) * 200).astype(dtype)
@@ -117,8 +118,12 @@ def test_streamed_writer_equals_in_memory_writer(tmp_path, channels, rgb, dtype)
         rgb=rgb,
         tile=tile,
         pyramid_min_size=64,
+        threads=threads,
     )
     a, b = read_info(tmp_path / "a.ome.tif"), read_info(tmp_path / "b.ome.tif")
+    with tifffile.TiffFile(tmp_path / "b.ome.tif") as tif:
+        pages = [tif.pages[0], *tif.pages[0].pages]  # level 0 and its SubIFDs
+        assert {page.compression for page in pages} == {tifffile.COMPRESSION.ADOBE_DEFLATE}
     assert a.level_shapes == b.level_shapes and len(b.level_shapes) == 4
     assert b.channel_names == (["R", "G", "B"] if rgb else names)
     assert b.pixel_size_um == pytest.approx(0.4)
