@@ -165,14 +165,17 @@ def _linear_maps(transform: Transform, rows: slice, cols: slice, shape: tuple[in
         return None
     maps = []
     for (row_term, col_term, field), origin in zip(parts, (r0, c0), strict=True):
-        # in quanta relative to the window (the origin, an integer, comes off the row term:
-        # exact in float64); each pass over the block is in place
+        # In quanta relative to the window (the origin, an integer, comes off the row term:
+        # exact in float64). The whole sum — field, row term and column term — is one
+        # product: [wy·F | r | 1] @ [wx | 1 | c]ᵀ, a single pass over the block.
+        ones_r, ones_c = np.ones((row_term.size, 1)), np.ones((col_term.size, 1))
+        row_q = (row_term * _QUANTUM - origin * _QUANTUM)[:, None]
+        col_q = (col_term * _QUANTUM)[:, None]
+        left, right = [row_q, ones_r], [ones_c, col_q]
         if field is not None:
-            position = (weights[0] @ (field * _QUANTUM)) @ weights[1].T
-        else:
-            position = np.zeros((row_term.size, col_term.size))
-        position += (row_term * _QUANTUM - origin * _QUANTUM)[:, None]
-        position += (col_term * _QUANTUM)[None, :]
+            left.insert(0, weights[0] @ (field * _QUANTUM))
+            right.insert(0, weights[1])
+        position = np.hstack(left) @ np.hstack(right).T
         np.rint(position, out=position)
         quantised = np.empty(position.shape, np.float32)
         # integers below 2**24 times a power of two: exact in float32
