@@ -438,7 +438,8 @@ def write_ome_tiff_tiled(
 
         def write(tif, data, level_shape, depth):
             per_cm = 1e4 / (pixel_size_um * 2**depth) if pixel_size_um else None
-            if compression == "zlib" and threads > 1:
+            # (a boolean image is written as 1-bit bilevel: tifffile packs it before encoding)
+            if compression == "zlib" and threads > 1 and dtype.kind != "b":
                 data = _encoded_ahead(data, tifffile.TIFF.COMPRESSORS[8], threads)
             tif.write(
                 data,
