@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/scale.py --workdir /tmp/scale [--size 12288] [--fluorescence 8192]
+    .venv/bin/python benchmarks/scale.py --workdir /tmp/scale8 --size 0   # the 8-channel pair alone
 
 Generates a pyramidal RGB OME-TIFF pair (``--size``² px; the moving image is the fixed one
 rotated by 90°, shifted and smoothly deformed by up to ``--elastic`` px, rendered by streaming,
@@ -150,7 +151,7 @@ def run_workflow(workdir: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--size", type=int, default=12288)
+    parser.add_argument("--size", type=int, default=12288, help="side of the RGB pair; 0 skips it")
     parser.add_argument(
         "--fluorescence", type=int, default=8192, help="side of the 8-channel pair; 0 skips it"
     )
@@ -160,10 +161,11 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
-    slide = base_slide(args.size)
-    rows.append(make_pair(args.workdir, "rgb", slide, ["R", "G", "B"], True, [255, 255, 255],
-                          args.elastic))  # fmt: skip
-    del slide
+    if args.size:
+        slide = base_slide(args.size)
+        rows.append(make_pair(args.workdir, "rgb", slide, ["R", "G", "B"], True,
+                              [255, 255, 255], args.elastic))  # fmt: skip
+        del slide
     if args.fluorescence:
         small = base_slide(args.fluorescence)
         two = fluorescence_from_brightfield(small)
