@@ -440,7 +440,8 @@ def write_ome_tiff_tiled(
             per_cm = 1e4 / (pixel_size_um * 2**depth) if pixel_size_um else None
             # (a boolean image is written as 1-bit bilevel: tifffile packs it before encoding)
             if compression == "zlib" and threads > 1 and dtype.kind != "b":
-                data = _encoded_ahead(data, tifffile.TIFF.COMPRESSORS[8], threads)
+                deflate = tifffile.TIFF.COMPRESSORS[tifffile.COMPRESSION.ADOBE_DEFLATE]
+                data = _encoded_ahead(data, deflate, threads)
             tif.write(
                 data,
                 shape=(*level_shape[1:], level_shape[0]) if rgb else level_shape,
