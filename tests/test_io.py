@@ -99,9 +99,8 @@ def test_region_reader_matches_full_read(tmp_path, channels, rgb, dtype):
 def test_streamed_writer_equals_in_memory_writer(tmp_path, channels, rgb, dtype, threads):
     from regflow.io import write_ome_tiff_tiled
 
-    image = (np.random.default_rng(2).random((channels, 333, 270)) * 200).astype(dtype)
-    if dtype is bool:  # a mask, half set
-        image = np.random.default_rng(2).random((channels, 333, 270)) > 0.5
+    values = np.random.default_rng(2).random((channels, 333, 270))
+    image = values > 0.5 if dtype is bool else (values * 200).astype(dtype)  # a mask: half set
     names = [f"c{i}" for i in range(channels)]
     write_ome_tiff(tmp_path / "a.ome.tif", image, names, 0.4, rgb=rgb, tile=64, pyramid_min_size=64)
     tile = 64

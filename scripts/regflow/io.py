@@ -342,7 +342,7 @@ def _encoded_ahead(tiles, encode, threads: int):
 
     A continuous pipeline: tifffile's own parallel encoder takes its tiles in batches and
     waits for each batch to be written before it collects the next, so its threads idle while
-    the tiles are computed (the warp reached 1.7 of 2 cores; the codec releases the GIL).
+    the next tiles are computed. The codec releases the GIL.
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
