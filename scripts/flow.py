@@ -30,6 +30,7 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
         min_improvement=settings["min_improvement"],
         max_size=settings["max_size"],
         consistency=settings["consistency"],
+        auto_ncc=settings["auto_ncc"],
         **solver,
     )
     log.info("%s", result.reason)
@@ -52,6 +53,7 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
         {
             "sample": sample,
             "accepted": result.accepted,
+            "method": result.method,
             "reason": result.reason,
             "ncc_rigid": result.ncc_rigid,
             "ncc_final": result.ncc_final,

@@ -94,7 +94,13 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         },
         "flow": {
             k: flow[k]
-            for k in ("accepted", "reason", "displacement_max_px", "displacement_mean_px")
+            for k in (
+                "accepted",
+                "method",
+                "reason",
+                "displacement_max_px",
+                "displacement_mean_px",
+            )  # fmt: skip
         }
         | {"displacement_mean_relative": flow["displacement_mean_px"] / diagonal},
         "landmarks": landmarks,

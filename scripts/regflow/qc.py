@@ -712,10 +712,20 @@ def review_registration(
 
     image, mask, footprint = final or warp_working(fixed, moving, transform)
     region = (fixed.tissue_mask | mask) & footprint
-    # Structure at a middle scale (smoothed over 0.4 % of the image, normalised over 3.2 %):
-    # finer, the non-rigid refinement can fit unrelated textures; coarser, little is left.
+    # Whether the images are related is judged at the global alignment: a non-rigid field
+    # can fit unrelated textures (TV-L1 raised an IHC against a retina photograph above the
+    # threshold). Structure at a middle scale (smoothed over 0.4 % of the image, normalised
+    # over 3.2 %): finer, chance matches of texture count; coarser, little is left.
     size = max(fixed.image.shape)
-    smooth = (gaussian(im, max(0.5, 0.004 * size)) for im in (fixed.image, image))
+    if transform.displacement.any():
+        global_only = Transform.from_affine(
+            transform.affine, transform.fixed_shape, transform.moving_shape
+        )
+        aligned, aligned_mask, aligned_footprint = warp_working(fixed, moving, global_only)
+        evidence_region = (fixed.tissue_mask | aligned_mask) & aligned_footprint
+    else:
+        aligned, evidence_region = image, region
+    smooth = (gaussian(im, max(0.5, 0.004 * size)) for im in (fixed.image, aligned))
     to_grid = transform.fixed_full_to_working
     both_tissue = fixed.tissue_mask & mask & footprint
     field_grid = transform.displacement.shape[1:]
@@ -723,7 +733,7 @@ def review_registration(
         both_tissue = _resize_mask(both_tissue, field_grid)
     spacing = (1 / to_grid[1, 1], 1 / to_grid[0, 0])
     measures = {
-        "evidence": alignment_evidence(*smooth, region, max(1.0, 0.032 * size)),
+        "evidence": alignment_evidence(*smooth, evidence_region, max(1.0, 0.032 * size)),
         "overlap": tissue_overlap(fixed.tissue_mask, mask, footprint),
         "field": field_regularity(
             transform.displacement, spacing, both_tissue, (thresholds or {}).get("max_jump", 0.5)
