@@ -231,9 +231,9 @@ def refine_flow(
     moving_rigid: np.ndarray,
     fixed_mask: np.ndarray,
     moving_mask_rigid: np.ndarray,
-    method: str = "auto",
+    method: str = "ilk",
     normalise_sigma: float = 8.0,
-    smoothing_sigma: float = 2.0,
+    smoothing_sigma: float = 4.0,
     min_improvement: float = 0.005,
     overlap: np.ndarray | None = None,
     max_size: int = 0,
@@ -254,13 +254,15 @@ def refine_flow(
         intensities, and it follows large deformations. TV-L1 (total variation, L1 data
         term) couples all pixels and tolerates structures present in one image only, so it
         keeps improving where stains differ, but its prior shrinks large motions of small
-        structures. ``auto`` (the default) takes ILK when the globally aligned images
+        structures. ``ilk`` is the default; ``auto`` takes ILK when the globally aligned images
         correspond in intensity (masked NCC ≥ ``auto_ncc``), TV-L1 otherwise. Both are
         made safe where the image says nothing by the confidence-weighted regularisation.
         On the BIRL pairs (NCC after the global stage: synthetic 0.81–0.99, cross-stain
         0.12–0.34) ILK recovers the synthetic elastic warp to 0.0017 against TV-L1's 0.0029,
-        and TV-L1 lesions to 0.0040 against ILK's 0.0050, rat kidney as well (0.0020);
-        ILK is 5–8× faster (see ``benchmarks/registration.py``).
+        and TV-L1 lesions to 0.0040 against ILK's 0.0050, rat kidney as well (0.0020), at a
+        smoothing of 2 px; but its fields there change by more than 0.5 px per px on 6–11 %
+        of the tissue (QC flags ``field_jumps``), and with 6 px, which removes that, rat
+        kidney ends at 0.0022. ILK is 5–8× faster (see ``benchmarks/registration.py``).
     auto_ncc : float
         See ``method``.
     normalise_sigma : float
