@@ -75,7 +75,7 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         flow_accepted=flow["accepted"],
         rotation_deg=rigid["rotation_deg"],
         thresholds={k: v for k, v in settings.items() if k != "min_ncc"},
-        final=sampled["final"],
+        sampled=sampled,
     )
     metrics = {
         "sample": sample,
@@ -100,7 +100,7 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
                 "reason",
                 "displacement_max_px",
                 "displacement_mean_px",
-            )  # fmt: skip
+            )
         }
         | {"displacement_mean_relative": flow["displacement_mean_px"] / diagonal},
         "landmarks": landmarks,

@@ -702,29 +702,25 @@ def review_registration(
     flow_accepted: bool = True,
     rotation_deg: float | None = None,
     thresholds: dict | None = None,
-    final: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    sampled: dict | None = None,
 ) -> dict:
     """Everything :func:`regflow.review.review` needs, measured; returns ``{"flags",
     "info", "measures"}`` for metrics.json. ``pixel_ratio``: moving / fixed pixel size when
-    both are known; ``final``: the moving image already resampled through ``transform``
-    (:func:`warp_working`), else done here."""
+    both are known; ``sampled``: the stages of ``transform`` already resampled
+    (:func:`sample_stages`), else done here."""
     from .review import affine_shape, alignment_evidence, field_regularity, review, tissue_overlap
 
-    image, mask, footprint = final or warp_working(fixed, moving, transform)
-    region = (fixed.tissue_mask | mask) & footprint
+    if sampled is None:
+        stages = stage_transforms(transform)
+        sampled = {s: warp_working(fixed, moving, stages[s]) for s in ("rigid", "final")}
+    _, mask, footprint = sampled["final"]
     # Whether the images are related is judged at the global alignment: a non-rigid field
     # can fit unrelated textures (TV-L1 raised an IHC against a retina photograph above the
     # threshold). Structure at a middle scale (smoothed over 0.4 % of the image, normalised
     # over 3.2 %): finer, chance matches of texture count; coarser, little is left.
     size = max(fixed.image.shape)
-    if transform.displacement.any():
-        global_only = Transform.from_affine(
-            transform.affine, transform.fixed_shape, transform.moving_shape
-        )
-        aligned, aligned_mask, aligned_footprint = warp_working(fixed, moving, global_only)
-        evidence_region = (fixed.tissue_mask | aligned_mask) & aligned_footprint
-    else:
-        aligned, evidence_region = image, region
+    aligned, aligned_mask, aligned_footprint = sampled["rigid"]
+    region = (fixed.tissue_mask | aligned_mask) & aligned_footprint
     smooth = (gaussian(im, max(0.5, 0.004 * size)) for im in (fixed.image, aligned))
     to_grid = transform.fixed_full_to_working
     both_tissue = fixed.tissue_mask & mask & footprint
@@ -733,7 +729,7 @@ def review_registration(
         both_tissue = _resize_mask(both_tissue, field_grid)
     spacing = (1 / to_grid[1, 1], 1 / to_grid[0, 0])
     measures = {
-        "evidence": alignment_evidence(*smooth, evidence_region, max(1.0, 0.032 * size)),
+        "evidence": alignment_evidence(*smooth, region, max(1.0, 0.032 * size)),
         "overlap": tissue_overlap(fixed.tissue_mask, mask, footprint),
         "field": field_regularity(
             transform.displacement, spacing, both_tissue, (thresholds or {}).get("max_jump", 0.5)
