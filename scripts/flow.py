@@ -31,6 +31,7 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
         max_size=settings["max_size"],
         consistency=settings["consistency"],
         auto_ncc=settings["auto_ncc"],
+        tvl1_smoothing_sigma=settings["tvl1_smoothing_sigma"],
         **solver,
     )
     log.info("%s", result.reason)

@@ -7,7 +7,7 @@ from regflow.rigid import register_rigid, warp_fast
 from regflow.transform import Transform
 
 
-@pytest.mark.parametrize("method", ["ilk", "tvl1"])
+@pytest.mark.parametrize("method", ["ilk", "tvl1", "tvl1+ilk"])
 @pytest.mark.parametrize("max_size", [0, 160])
 def test_flow_recovers_elastic_deformation_beyond_rigid(ihc_small, max_size, method):
     warp = KnownWarp(angle_deg=-30.0, scale=1.0, shift=(4.0, 3.0), elastic_px=5.0, seed=4)
@@ -67,7 +67,7 @@ def _flat_scene(n: int = 256) -> np.ndarray:
     return image
 
 
-@pytest.mark.parametrize("method", ["ilk", "tvl1"])
+@pytest.mark.parametrize("method", ["ilk", "tvl1", "tvl1+ilk"])
 @pytest.mark.parametrize("seed", [0, 3])
 def test_flow_has_no_wild_vectors_where_the_image_says_nothing(method, seed):
     """Flat regions and straight edges leave local motion undetermined (aperture problem);
@@ -156,12 +156,11 @@ def test_lucas_kanade_recovers_a_smooth_deformation_like_scikit_image(ihc_rgb):
     assert np.median(error_ours) < np.median(error_theirs) + 0.05
 
 
-def test_auto_takes_ilk_where_intensities_correspond_and_tvl1_where_they_do_not(ihc_small):
-    """``auto`` (opt-in) resolves by the NCC after the global stage: the same stain (NCC ≈
-    0.9) gets ILK, whose least-squares data term is exact there, and recovers the known
-    deformation; a pair whose intensities hardly correspond (a DAB-dominated rendering
-    against hematoxylin) gets TV-L1. The solver used is reported in the result and its
-    reason."""
+def test_auto_takes_ilk_where_intensities_correspond_and_tvl1_ilk_where_not(ihc_small):
+    """``auto`` resolves by the NCC after the global stage: the same stain (NCC ≈ 0.9) gets
+    ILK, whose least-squares data term is exact there, and recovers the known deformation; a
+    pair whose intensities hardly correspond (a DAB-dominated rendering against hematoxylin)
+    gets TV-L1 + ILK. The solver used is reported in the result and its reason."""
     warp = KnownWarp(angle_deg=0.0, scale=1.0, shift=(0.0, 0.0), elastic_px=3.0, seed=2)
     shape = ihc_small.shape[1:]
     rendered = render_moving(ihc_small, warp, shape, np.full(3, 255.0)).round().astype(np.uint8)
@@ -169,7 +168,7 @@ def test_auto_takes_ilk_where_intensities_correspond_and_tvl1_where_they_do_not(
     same = preprocess(rendered, "brightfield", "hematoxylin", True, 1.0)
     dab = preprocess(rendered, "brightfield", "dab", True, 1.0).image
     results = {}
-    for moving, expected in ((same.image, "ilk"), ((same.image + 4 * dab) / 5, "tvl1")):
+    for moving, expected in ((same.image, "ilk"), ((same.image + 4 * dab) / 5, "tvl1+ilk")):
         result = refine_flow(fixed.image, moving, fixed.tissue_mask, same.tissue_mask,
                              method="auto")  # fmt: skip
         assert result.method == expected

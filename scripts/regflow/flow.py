@@ -18,9 +18,10 @@ from .metrics import gaussian, local_normalise, ncc, resize_linear
 from .rigid import overlap_mask, warp_fast
 from .transform import Transform
 
-METHODS = ("auto", "ilk", "tvl1", "none")
+METHODS = ("auto", "ilk", "tvl1", "tvl1+ilk", "none")
 # ``auto``: ILK where the globally aligned images correspond in intensity (masked NCC at least
-# this; NCC² is the share of one image's variance the other explains linearly), TV-L1 elsewhere
+# this; NCC² is the share of one image's variance the other explains linearly), TV-L1 + ILK
+# elsewhere
 AUTO_NCC = 0.5
 # ILK window radius in working pixels (the 7 px it had at the former 768 px estimation size
 # of a 1024 px working image)
@@ -226,12 +227,37 @@ def estimate_displacement(
     raise ValueError(f"unknown flow solver {method!r}; use ilk or tvl1")
 
 
+def _regularised(
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    method: str,
+    smoothing: float,
+    radius: int,
+    consistency: float,
+    solver_options: dict,
+) -> np.ndarray:
+    """:func:`estimate_displacement`, then (for ``smoothing`` > 0) confidence-weighted
+    smoothing, without the vectors the forward–backward check rejects (see
+    :func:`refine_flow`)."""
+    displacement = estimate_displacement(fixed, moving, method, **solver_options)
+    if smoothing <= 0:
+        return displacement
+    # a vector is determined only where *both* images have structure: a blank area of the
+    # moving image (outside its tissue, a rendered corner) must borrow from neighbours
+    confidence = np.minimum(flow_confidence(fixed, radius), flow_confidence(moving, radius))
+    if consistency > 0:
+        confidence = confidence * consistent(
+            fixed, moving, displacement, consistency, method, **solver_options
+        )
+    return regularise_two_scales(displacement, confidence, smoothing)
+
+
 def refine_flow(
     fixed: np.ndarray,
     moving_rigid: np.ndarray,
     fixed_mask: np.ndarray,
     moving_mask_rigid: np.ndarray,
-    method: str = "ilk",
+    method: str = "auto",
     normalise_sigma: float = 8.0,
     smoothing_sigma: float = 4.0,
     min_improvement: float = 0.005,
@@ -239,6 +265,7 @@ def refine_flow(
     max_size: int = 0,
     consistency: float = 2.0,
     auto_ncc: float = AUTO_NCC,
+    tvl1_smoothing_sigma: float = 12.0,
     **solver_options,
 ) -> FlowResult:
     """Estimate, regularise and verify a displacement field.
@@ -248,23 +275,31 @@ def refine_flow(
     fixed, moving_rigid : ndarray, shape (h, w)
         Preprocessed fixed image and the moving image already resampled onto its grid.
     fixed_mask, moving_mask_rigid : ndarray of bool, shape (h, w)
-    method : {'auto', 'ilk', 'tvl1', 'none'}
+    method : {'auto', 'ilk', 'tvl1', 'tvl1+ilk', 'none'}
         Iterative Lucas–Kanade solves a least-squares problem (brightness constancy) in a
         window around every pixel: the right estimator where the two images show the same
         intensities, and it follows large deformations. TV-L1 (total variation, L1 data
-        term) couples all pixels and tolerates structures present in one image only, so it
-        keeps improving where stains differ, but its prior shrinks large motions of small
-        structures. ``ilk`` is the default; ``auto`` takes ILK when the globally aligned images
-        correspond in intensity (masked NCC ≥ ``auto_ncc``), TV-L1 otherwise. Both are
-        made safe where the image says nothing by the confidence-weighted regularisation.
-        On the BIRL pairs (NCC after the global stage: synthetic 0.81–0.99, cross-stain
-        0.12–0.34) ILK recovers the synthetic elastic warp to 0.0017 against TV-L1's 0.0029,
-        and TV-L1 lesions to 0.0040 against ILK's 0.0050, rat kidney as well (0.0020), at a
-        smoothing of 2 px; but its fields there change by more than 0.5 px per px on 6–11 %
-        of the tissue (QC flags ``field_jumps``), and with 6 px, which removes that, rat
-        kidney ends at 0.0022. ILK is 5–8× faster (see ``benchmarks/registration.py``).
+        term) couples all pixels. ``tvl1+ilk`` is for consecutive sections in different
+        stains, whose fine texture does not correspond (other cells, other stains) while
+        their mid-scale structure does: TV-L1, its field smoothed by
+        ``tvl1_smoothing_sigma``, takes the mid-scale deformation from that shared
+        structure, then ILK refines the remainder locally, as for any pair. ``auto`` (the
+        default) takes
+        ILK when the globally aligned images correspond in intensity (masked NCC ≥
+        ``auto_ncc``), ``tvl1+ilk`` otherwise. All are made safe where the image says
+        nothing by the confidence-weighted regularisation. On the BIRL pairs (NCC after the
+        global stage: synthetic 0.81–0.99, cross-stain 0.12–0.34) ``tvl1+ilk`` takes
+        lesions from 0.0050 (ILK) to 0.0045 (7 re-posed copies: 0.0046–0.0052 → 0.0041–0.0044)
+        and keeps rat kidney at 0.0020. TV-L1 alone reaches lesions 0.0040 only with fields
+        that jump (2 px smoothing: more than 0.5 px per px on 4–11 % of the tissue), and its
+        prior shrinks large motions of small structures (synthetic elastic 0.0029 against
+        ILK's 0.0017). TV-L1 costs 5–8× ILK's time (see ``benchmarks/registration.py``).
     auto_ncc : float
         See ``method``.
+    tvl1_smoothing_sigma : float
+        Smoothing (px, like ``smoothing_sigma``) of the TV-L1 stage of ``tvl1+ilk``: the
+        mid-scale (8, 12 and 16 px on BIRL: lesions 0.0044 / 0.0045 / 0.0047, rat kidney
+        0.0022 / 0.0020 / 0.0021).
     normalise_sigma : float
         Window (px) of the local normalisation applied before the flow; 0 disables it.
     smoothing_sigma : float
@@ -301,7 +336,7 @@ def refine_flow(
         return FlowResult(zeros, False, ncc_rigid, ncc_rigid, "refinement disabled (method none)")
     chose = ""
     if method == "auto":
-        method = "ilk" if ncc_rigid >= auto_ncc else "tvl1"
+        method = "ilk" if ncc_rigid >= auto_ncc else "tvl1+ilk"
         relation = "≥" if method == "ilk" else "<"
         chose = f" ({method}: NCC after the global stage {relation} {auto_ncc:g})"
     moving_in = moving_rigid if overlap is None else np.where(overlap, moving_rigid, fixed)
@@ -318,18 +353,17 @@ def refine_flow(
     # every window is given in working pixels: the ILK window too follows the estimation size
     radius = max(1, int(round(solver_options.get("ilk_radius", ILK_RADIUS) * factor)))
     solver_options = {**solver_options, "ilk_radius": radius}
-    displacement = estimate_displacement(fixed_in, moving_in, method, **solver_options)
-    if smoothing_sigma > 0:
-        # a vector is determined only where *both* images have structure: a blank area of the
-        # moving image (outside its tissue, a rendered corner) must borrow from neighbours
-        confidence = np.minimum(
-            flow_confidence(fixed_in, radius), flow_confidence(moving_in, radius)
+    settings = (radius, consistency, solver_options)
+    if method == "tvl1+ilk":
+        coarse = _regularised(fixed_in, moving_in, "tvl1", tvl1_smoothing_sigma * factor, *settings)
+        shifted = warp_by_displacement(moving_in, coarse)
+        fine = _regularised(fixed_in, shifted, "ilk", smoothing_sigma * factor, *settings)
+        # moving(p + fine + coarse(p + fine)): the coarse field read where the fine one points
+        displacement = fine + np.stack([warp_by_displacement(c, fine) for c in coarse])
+    else:
+        displacement = _regularised(
+            fixed_in, moving_in, method, smoothing_sigma * factor, *settings
         )
-        if consistency > 0:
-            confidence = confidence * consistent(
-                fixed_in, moving_in, displacement, consistency, method, **solver_options
-            )
-        displacement = regularise_two_scales(displacement, confidence, smoothing_sigma * factor)
     if factor < 1.0:
         # back to the working grid, in working pixels (per-axis size ratio)
         ratios = [fixed.shape[0] / displacement.shape[1], fixed.shape[1] / displacement.shape[2]]
