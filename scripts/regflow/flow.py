@@ -372,7 +372,7 @@ def refine_flow(
         and keeps rat kidney at 0.0020. TV-L1 alone reaches lesions 0.0040 only with fields
         that jump (2 px smoothing: more than 0.5 px per px on 4–11 % of the tissue), and its
         prior shrinks large motions of small structures (synthetic elastic 0.0029 against
-        ILK's 0.0017). TV-L1 costs 5–8× ILK's time (see ``benchmarks/registration.py``).
+        ILK's 0.0017). TV-L1 + ILK costs 4–5× ILK's time (see ``benchmarks/registration.py``).
     auto_ncc : float
         See ``method``.
     tvl1_smoothing_sigma : float
