@@ -1,8 +1,14 @@
 """Rule preprocess: registration channel, normalisation, working resolution, tissue mask."""
 
+import dataclasses
 import time
 
-from regflow.formats import pixel_size_override, read_info, with_pixel_size
+from regflow.formats import (
+    implausible_pixel_sizes,
+    pixel_size_override,
+    read_info,
+    with_pixel_size,
+)
 from regflow.preprocess import pair_scales, preprocess_file
 from regflow.runlog import provenance, save_npz, stage_log, write_json
 
@@ -19,6 +25,14 @@ with stage_log(snakemake.log[0], "preprocess", sample) as log:
         )
         for role in ("fixed", "moving")
     }
+    for role, info in infos.items():
+        if pixel_size_override(row.get(f"{role}_pixel_size_um")) is None:
+            for note in info.notes:  # e.g. a 72-dpi TIFF's pixel size, ignored
+                log.warning("%s", note)
+    trap = implausible_pixel_sizes(infos["fixed"], infos["moving"])
+    if trap:
+        log.warning("%s", trap)
+        infos["moving"] = dataclasses.replace(infos["moving"], pixel_size_um=None)
     for info in infos.values():
         if info.shape[0] * info.shape[1] > settings["max_pixels"]:
             raise ValueError(

@@ -101,6 +101,9 @@ class ImageInfo:
         What the content was recognised as (``aperio-svs``, ``ome-tiff``, ``czi``, …).
     reader : str
         The package that reads it.
+    notes : tuple of str
+        What a user should know about how the header was read (e.g. a pixel size that was
+        ignored as a document resolution); the sheet check and preprocess log them.
     """
 
     path: str
@@ -113,6 +116,7 @@ class ImageInfo:
     level_shapes: list[tuple[int, int]] = field(default_factory=list)
     format: str = ""
     reader: str = ""
+    notes: tuple[str, ...] = ()
 
 
 def _default_channel_names(n_channels: int, rgb: bool) -> list[str]:
@@ -242,20 +246,37 @@ def _ome_pixels_metadata(ome_xml: str) -> tuple[list[str], float | None]:
     return names, pixel_size
 
 
-def _tiff_resolution_um(page) -> float | None:
-    """Pixel size from the TIFF resolution tags, when they carry a physical unit."""
+# A document resolution, not a microscope's sampling: image editors, screenshot tools and
+# many exports write a whole number of dots per inch (72, 96, 300, …) by default. Every
+# whole-number dpi up to this one (21 µm per pixel and coarser) is taken for such a default;
+# a scanner's sampling (0.1–10 µm per pixel, 2540–250 000 dpi) is never one.
+DOCUMENT_MAX_DPI = 1200
+
+
+def _tiff_resolution_um(page, path: str = "") -> tuple[float | None, str | None]:
+    """Pixel size from the TIFF resolution tags, when they carry a physical unit, and a note
+    when the tags hold a document resolution (72 dpi, …), which is ignored (None)."""
     tags = page.tags
     if "XResolution" not in tags or "ResolutionUnit" not in tags:
-        return None
+        return None, None
     unit = tags["ResolutionUnit"].value
     num, den = tags["XResolution"].value
     if not num or not den:
-        return None
+        return None, None
     per_unit = num / den  # pixels per unit
     if per_unit == 1.0:  # the writers' default: "not set"
-        return None
+        return None, None
     um_per_unit = {2: 25400.0, 3: 10000.0}.get(int(unit))
-    return um_per_unit / per_unit if um_per_unit else None
+    if not um_per_unit:
+        return None, None
+    dpi = per_unit * 25400.0 / um_per_unit
+    if dpi <= DOCUMENT_MAX_DPI and abs(dpi - round(dpi)) < 0.01:
+        return None, (
+            f"{path}: its TIFF resolution tags say {round(dpi)} dpi ({um_per_unit / per_unit:.4g} "
+            "µm per pixel), a document or screen default that no scanner writes; the pixel "
+            "size is treated as unknown: give it in the sheet (*_pixel_size_um) if known"
+        )
+    return um_per_unit / per_unit, None
 
 
 def _positive(value) -> float | None:
@@ -411,8 +432,10 @@ class TiffSlide(Slide):
             pixel_size = _philips_mpp(tif.philips_metadata)
         elif kind == "ventana-bif":
             pixel_size = _ventana_mpp(page0.tags.valueof(700))
+        notes = ()
         if pixel_size is None:
-            pixel_size = _tiff_resolution_um(page0)
+            pixel_size, note = _tiff_resolution_um(page0, path)
+            notes = (note,) if note else ()
         if len(names) != n_channels or not all(names) or len(set(names)) != len(names):
             names = _default_channel_names(n_channels, rgb)
         self.info = ImageInfo(
@@ -426,6 +449,7 @@ class TiffSlide(Slide):
             level_shapes=[_level_shape(level) for level in levels],
             format=kind,
             reader="tifffile",
+            notes=notes,
         )
         # Channels of each level as (page, sample), and each level's pages.
         self._pages = []
@@ -909,6 +933,35 @@ def read_info(path: str | os.PathLike) -> ImageInfo:
     """Only the header of an image file (see :func:`open_slide` for the errors)."""
     with open_slide(path) as slide:
         return slide.info
+
+
+# Two images of one tissue cover fields of view of comparable physical size: a region scanned
+# at high power against a whole slide differs by a few times, not by more than this factor.
+# Pixel sizes implying more (a 72-dpi export read as 353 µm per pixel against a 0.5 µm scan,
+# a pixel size given in nm for µm) are not trusted; the pair is registered as one of unknown
+# pixel sizes (scale searched, × / ÷ 3), which a real magnification mismatch still fits.
+MAX_EXTENT_RATIO = 10.0
+
+
+def implausible_pixel_sizes(fixed_info: ImageInfo, moving_info: ImageInfo) -> str | None:
+    """Why the two pixel sizes cannot both be right (None when they are plausible or when
+    either is unknown): the physical extents they imply differ by more than
+    ``MAX_EXTENT_RATIO``."""
+    fixed_px, moving_px = fixed_info.pixel_size_um, moving_info.pixel_size_um
+    if not (fixed_px and moving_px):
+        return None
+    extents = [max(info.shape) * px for info, px in ((fixed_info, fixed_px),
+                                                     (moving_info, moving_px))]  # fmt: skip
+    ratio = max(extents) / min(extents)
+    if ratio <= MAX_EXTENT_RATIO:
+        return None
+    return (
+        f"the pixel sizes {fixed_px:.4g} µm ({fixed_info.path}) and {moving_px:.4g} µm "
+        f"({moving_info.path}) imply fields of view {extents[0] / 1000:.3g} mm and "
+        f"{extents[1] / 1000:.3g} mm across ({ratio:.0f}× apart): one is wrong; the pair is "
+        "registered as if the pixel sizes were unknown (scale searched); give the right "
+        "one in the sheet (*_pixel_size_um)"
+    )
 
 
 def pixel_size_override(value) -> float | None:

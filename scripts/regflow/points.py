@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .transform import Transform, inside_image
+from .transform import Transform, apply_matrix, inside_image
 
 
 class PointsError(ValueError):
@@ -75,7 +75,10 @@ def read_points_table(path: str | os.PathLike) -> PointTable:
         raise PointsError(f"{path}: file not found") from exc
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise PointsError(f"{path}: cannot be read as CSV ({exc})") from exc
-    rows = [row for row in rows if any(cell.strip() for cell in row)]  # blank lines skipped
+    # A line without a delimiter and without text is blank and skipped; a row of empty cells
+    # (",") is a point whose coordinates are missing — an unmapped landmark as written by
+    # write_points — and keeps its place, so row i still pairs with row i of the other file.
+    rows = [row for row in rows if len(row) > 1 or any(cell.strip() for cell in row)]
     header = [name.strip() for name in rows[0]] if rows else []
     kept = [i for i, name in enumerate(header) if name and not name.startswith("Unnamed:")]
     header = [header[i] for i in kept]
@@ -121,26 +124,71 @@ def write_points(path: str | os.PathLike, table: PointTable) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _source_target_shapes(transform: Transform, direction: str) -> tuple[tuple, tuple]:
+    if direction == "moving_to_fixed":
+        return transform.moving_shape, transform.fixed_shape
+    if direction == "fixed_to_moving":
+        return transform.fixed_shape, transform.moving_shape
+    raise ValueError(f"unknown direction {direction!r}")
+
+
 def map_points(points: np.ndarray, transform: Transform, direction: str) -> np.ndarray:
-    """Map ``(n, 2)`` points ``(x, y)`` between the images; NaN where they cannot be mapped
-    (outside the target image, or NaN on input).
+    """Map ``(n, 2)`` points ``(x, y)`` between the images.
+
+    Every point whose position is defined is mapped — one on or near an image border, or one
+    that lands just outside the target image, is still a valid coordinate (the field continues
+    at its edge, the affine part beyond it). NaN only where a point is NaN on input, lies
+    outside *both* images (outside its own image and landing outside the other), or (moving →
+    fixed) no fixed position reaches it; :func:`unmapped_reasons` tells which.
 
     Parameters
     ----------
     direction : {'moving_to_fixed', 'fixed_to_moving'}
     """
     points = np.asarray(points, np.float64).reshape(-1, 2)
+    source_shape, target_shape = _source_target_shapes(transform, direction)
     valid = np.isfinite(points).all(axis=1)
     mapped = np.full_like(points, np.nan)
     if direction == "moving_to_fixed":
         mapped[valid] = transform.moving_to_fixed(points[valid])
-    elif direction == "fixed_to_moving":
-        result = transform.fixed_to_moving(points[valid])
-        result[~inside_image(result[:, 0], result[:, 1], transform.moving_shape)] = np.nan
-        mapped[valid] = result
     else:
-        raise ValueError(f"unknown direction {direction!r}")
+        result = transform.fixed_to_moving(points[valid])
+        source = points[valid]
+        outside = ~inside_image(result[:, 0], result[:, 1], target_shape) & ~inside_image(
+            source[:, 0], source[:, 1], source_shape
+        )
+        result[outside] = np.nan
+        mapped[valid] = result
     return mapped
+
+
+def unmapped_reasons(
+    points: np.ndarray, mapped: np.ndarray, transform: Transform, direction: str
+) -> dict[str, int]:
+    """Why points did not map, counted: ``missing`` (NaN or empty on input),
+    ``outside_both_images`` (outside the source image, and its image under the transform
+    outside the target), ``not_reached`` (moving → fixed: inside an image, but no fixed
+    position maps onto it within tolerance — a fold or tear of the field)."""
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    mapped = np.asarray(mapped, np.float64).reshape(-1, 2)
+    source_shape, target_shape = _source_target_shapes(transform, direction)
+    missing = ~np.isfinite(points).all(axis=1)
+    lost = ~np.isfinite(mapped).all(axis=1) & ~missing
+    outside = np.zeros(len(points), bool)
+    if lost.any():
+        source = points[lost]
+        if direction == "fixed_to_moving":
+            image = transform.fixed_to_moving(source)
+        else:  # where the global part alone puts it: the field is bounded, the images are not
+            image = apply_matrix(np.linalg.inv(transform.affine), source)
+        outside[lost] = ~inside_image(source[:, 0], source[:, 1], source_shape) & ~inside_image(
+            image[:, 0], image[:, 1], target_shape
+        )
+    return {
+        "missing": int(missing.sum()),
+        "outside_both_images": int(outside.sum()),
+        "not_reached": int((lost & ~outside).sum()),
+    }
 
 
 def map_points_table(

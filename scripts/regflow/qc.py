@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 from .metrics import gaussian, ncc, nmi, target_registration_error, tre_summary  # noqa: E402
+from .points import unmapped_reasons  # noqa: E402
 from .transform import Transform, apply_matrix, inside_image  # noqa: E402
 
 STAGES = ("initial", "rigid", "final")
@@ -32,6 +33,9 @@ SUMMARY_COLUMNS = [
     "rtre_rigid",
     "rtre_final",
     "tre_final_px",
+    "tre_final_um",
+    "landmarks",
+    "landmarks_unmapped",
     "rotation_deg",
     "scale",
     "seconds",
@@ -170,10 +174,25 @@ def landmark_errors(
         "rigid": transforms["rigid"].moving_to_fixed(moving_points),
         "final": np.asarray(warped_points[:n], np.float64),
     }
-    summaries = {
-        stage: tre_summary(target_registration_error(points, fixed_points), diagonal)
-        for stage, points in mapped.items()
-    }
+    given = np.isfinite(fixed_points).all(axis=1) & np.isfinite(moving_points).all(axis=1)
+    summaries = {}
+    for stage, points in mapped.items():
+        summary = tre_summary(target_registration_error(points, fixed_points), diagonal)
+        # n_landmarks: the pairs (first min(n) rows); n_missing: a coordinate not given in
+        # either file; n_unmapped: given, but not mapped (outside both images, or unreached)
+        lost = given & ~np.isfinite(points).all(axis=1)
+        summary |= {
+            "n_landmarks": int(n),
+            "n_missing": int((~given).sum()),
+            "n_unmapped": int(lost.sum()),
+        }
+        summaries[stage] = summary
+    summaries["final"]["unmapped_reasons"] = unmapped_reasons(
+        np.where(given[:, None], moving_points, np.nan),
+        mapped["final"],
+        transforms["final"],
+        "moving_to_fixed",
+    )
     return summaries, mapped
 
 
@@ -379,13 +398,16 @@ def qc_figure(
     )
     if landmarks is not None and fixed_landmarks is not None:
         to_working = fixed.full_to_working
-        reference = apply_matrix(to_working, fixed_landmarks[: len(landmarks["final"])])
+        # The first min(n) rows pair up; a point missing on either side (not given, or not
+        # mapped) draws no line — only what mapped is drawn.
+        n = min(len(fixed_landmarks), *(len(points) for points in landmarks.values()))
+        reference = apply_matrix(to_working, fixed_landmarks[:n])
         for stage, line_colour in (("initial", "#ff4040"), ("final", "#40ff40")):
-            points = apply_matrix(to_working, landmarks[stage])
-            mapped = np.isfinite(points).all(axis=1)
-            segments = np.stack([reference[mapped], points[mapped]], axis=1)
+            points = apply_matrix(to_working, landmarks[stage][:n])
+            drawn = np.isfinite(points).all(axis=1) & np.isfinite(reference).all(axis=1)
+            segments = np.stack([reference[drawn], points[drawn]], axis=1)
             ax.add_collection(LineCollection(segments, colors=line_colour, linewidths=1.2))
-        final = apply_matrix(to_working, landmarks["final"])
+        final = apply_matrix(to_working, landmarks["final"][:n])
         ax.scatter(reference[:, 0], reference[:, 1], s=36, facecolors="none", edgecolors="#00bfff")
         ax.scatter(final[:, 0], final[:, 1], s=30, marker="x", color="#ffd700")
     else:
@@ -475,7 +497,14 @@ def summary_row(metrics: dict) -> dict:
         row[f"ncc_{stage}"] = (sim.get(stage) or {}).get("ncc")
         row[f"nmi_{stage}"] = (sim.get(stage) or {}).get("nmi")
         row[f"rtre_{stage}"] = (tre.get(stage) or {}).get("rtre_median")
-    row["tre_final_px"] = (tre.get("final") or {}).get("tre_median")
+    final = tre.get("final") or {}
+    row["tre_final_px"] = final.get("tre_median")
+    pixel_size = ((metrics.get("images") or {}).get("fixed") or {}).get("pixel_size_um")
+    row["tre_final_um"] = (
+        final["tre_median"] * pixel_size if pixel_size and final.get("tre_median") else None
+    )
+    row["landmarks"] = final.get("n_landmarks")
+    row["landmarks_unmapped"] = final.get("n_unmapped")
     row["rotation_deg"] = rigid.get("rotation_deg")
     row["scale"] = rigid.get("scale")
     row["seconds"] = sum(v for v in (metrics.get("seconds") or {}).values() if v)
@@ -747,7 +776,9 @@ def review_registration(
     if fixed_points is not None and mapped_final is not None:
         n = min(len(fixed_points), len(mapped_final))
         onto = transform.fixed_to_moving(fixed_points[:n])
-        inside = inside_image(onto[:, 0], onto[:, 1], transform.moving_shape)
+        inside = inside_image(onto[:, 0], onto[:, 1], transform.moving_shape) | inside_image(
+            fixed_points[:n, 0], fixed_points[:n, 1], transform.fixed_shape
+        )
         lost = ~np.isfinite(mapped_final[:n]).all(axis=1)
         measures["unmapped_inside"] = int((inside & lost).sum())
     flags, info = review(measures, thresholds)

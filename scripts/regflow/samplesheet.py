@@ -14,7 +14,14 @@ import pandas as pd
 from .annotations import AnnotationError, read_features
 from .cases import MODEL_COLUMNS, PAIR_COLUMNS, associated_name
 from .channels import MODALITIES, ChannelError, resolve_channel
-from .formats import ImageInfo, ImageReadError, pixel_size_override, verify_image
+from .formats import (
+    ImageInfo,
+    ImageReadError,
+    implausible_pixel_sizes,
+    pixel_size_override,
+    verify_image,
+    with_pixel_size,
+)
 from .points import PointsError, read_points
 from .warp import associated_scale
 
@@ -144,6 +151,7 @@ def check_sample_sheet(
                 "digits, '_', '-' and '.', starting with a letter or digit, without '..'"
             )
         landmark_counts = {}
+        infos = {}  # each role's header with the sheet's pixel size applied
         for role in ROLES:
             column = role
             path = row.get(column)
@@ -173,6 +181,10 @@ def check_sample_sheet(
                 )
                 continue
             if info is not None:
+                override = pixel_size_override(size)
+                if override is None:
+                    warnings += [f"{named(role, column)}: {note}" for note in info.notes]
+                infos[role] = with_pixel_size(info, override)
                 if max_pixels and info.shape[0] * info.shape[1] > max_pixels:
                     errors.append(
                         f"{named(role, column)}: {path} has {info.shape[0]}×{info.shape[1]} "
@@ -195,6 +207,8 @@ def check_sample_sheet(
                     landmark_counts[role] = len(read_points(landmarks))
                 except PointsError as exc:
                     errors.append(f"{named(role, column)}: {exc}")
+        if len(infos) == 2 and (trap := implausible_pixel_sizes(infos["fixed"], infos["moving"])):
+            warnings.append(f"{where}: {trap}")
         if check_files:
             errors += _check_extras(row, named, verified, labels, images_sheet)
         if len(landmark_counts) == 2 and landmark_counts["fixed"] != landmark_counts["moving"]:

@@ -142,8 +142,13 @@ class Transform:
         first steps, keeping each point's best iterate), which converges wherever the mapping
         is invertible — the refinement's fields are smooth. Where it does not (a fold of the
         field, where two fixed points reach one moving point), the nearest solution is
-        searched for on grids around the best iterate. Points whose residual stays above
-        ``tolerance`` (pixels, in the moving image) or that fall outside the fixed image are NaN.
+        searched for on grids around the best iterate. Beyond the displacement grid the field
+        continues with its edge values and the affine part applies as everywhere, so every
+        position has an image: a landmark near the border, or one that lands just outside the
+        fixed image, is still a valid coordinate. Points are NaN only where the residual stays
+        above ``tolerance`` (pixels, in the moving image: no fixed position reaches them) or
+        where they lie outside *both* images (outside the moving image and landing outside
+        the fixed one) — see :func:`unmapped_reasons`.
         """
         points_xy = np.asarray(points_xy, np.float64)
         target = apply_matrix(np.linalg.inv(self.affine), points_xy)
@@ -163,8 +168,10 @@ class Transform:
             best[stuck] = self._search_inverse(best[stuck], points_xy[stuck])
             reached = self.fixed_to_moving(best[stuck])
             error[stuck] = np.linalg.norm(reached - points_xy[stuck], axis=1)
-        inside = inside_image(best[:, 0], best[:, 1], self.fixed_shape)
-        best[(error > tolerance) | ~inside | ~np.isfinite(best).all(axis=1)] = np.nan
+        outside = ~inside_image(best[:, 0], best[:, 1], self.fixed_shape) & ~inside_image(
+            points_xy[:, 0], points_xy[:, 1], self.moving_shape
+        )
+        best[(error > tolerance) | outside | ~np.isfinite(best).all(axis=1)] = np.nan
         return best
 
     def _search_inverse(self, start: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
