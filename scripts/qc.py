@@ -65,8 +65,6 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         transform,
         similarity,
         landmarks,
-        fixed_points,
-        mapped["final"] if mapped else None,
         pixel_ratio=(
             pixel_size / preprocess_info["fixed"]["pixel_size_um"]
             if pixel_size and preprocess_info["fixed"]["pixel_size_um"]

@@ -410,6 +410,9 @@ def qc_figure(
         final = apply_matrix(to_working, landmarks["final"][:n])
         ax.scatter(reference[:, 0], reference[:, 1], s=36, facecolors="none", edgecolors="#00bfff")
         ax.scatter(final[:, 0], final[:, 1], s=30, marker="x", color="#ffd700")
+        height, width = fixed.image.shape  # points far off the image do not shrink it
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
     else:
         ax.text(
             0.5,
@@ -442,8 +445,10 @@ def qc_figure(
     if tre.get("final") and tre["final"].get("tre_median") is not None:
         final = tre["final"]
         lines.append(
-            f"final TRE px: median {final['tre_median']:.2f}, max {final['tre_max']:.2f} "
-            f"({final['n_landmarks']} landmarks, {final['n_unmapped']} unmapped)"
+            f"final TRE px: median {final['tre_median']:.2f}, max {final['tre_max']:.2f}\n"
+            f"  ({final['n_landmarks']} landmarks, {final['n_unmapped']} unmapped"
+            + (f", {final['n_missing']} without coordinates" if final.get("n_missing") else "")
+            + ")"
         )
     for role, image in (metrics.get("images") or {}).items():
         size = image.get("pixel_size_um")
@@ -725,8 +730,6 @@ def review_registration(
     transform: Transform,
     similarity: dict,
     landmarks: dict | None = None,
-    fixed_points: np.ndarray | None = None,
-    mapped_final: np.ndarray | None = None,
     pixel_ratio: float | None = None,
     flow_accepted: bool = True,
     rotation_deg: float | None = None,
@@ -773,13 +776,10 @@ def review_registration(
     if landmarks:
         measures["rtre_initial"] = (landmarks.get("initial") or {}).get("rtre_median")
         measures["rtre_final"] = (landmarks.get("final") or {}).get("rtre_median")
-    if fixed_points is not None and mapped_final is not None:
-        n = min(len(fixed_points), len(mapped_final))
-        onto = transform.fixed_to_moving(fixed_points[:n])
-        inside = inside_image(onto[:, 0], onto[:, 1], transform.moving_shape) | inside_image(
-            fixed_points[:n, 0], fixed_points[:n, 1], transform.fixed_shape
-        )
-        lost = ~np.isfinite(mapped_final[:n]).all(axis=1)
-        measures["unmapped_inside"] = int((inside & lost).sum())
+    reasons = ((landmarks or {}).get("final") or {}).get("unmapped_reasons")
+    if reasons is not None:
+        # every landmark inside either image maps (the field continues beyond its grid):
+        # one lost there was not reached — a fold or tear of the field
+        measures["unmapped_inside"] = reasons["not_reached"]
     flags, info = review(measures, thresholds)
     return {"flags": flags, "info": info, "measures": measures}
