@@ -6,8 +6,12 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import validate
 
+# regflow's own files are found from this rule file's location, never from the working
+# directory or workflow.basedir: used as a Snakemake module, the main Snakefile (and so
+# workflow.basedir) is the user's, not regflow's.
+REGFLOW_ROOT = Path(str(workflow.current_basedir)).resolve().parent
 # The rule scripts' library, also used here to check the sample sheet before any job runs.
-sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+sys.path.insert(0, str(REGFLOW_ROOT / "scripts"))
 from regflow.cases import (  # noqa: E402
     SheetError,
     case_images,
@@ -37,7 +41,7 @@ def image_output(pattern):
     return directory(pattern) if ZARR else pattern
 
 
-LIBRARY = Path(workflow.basedir) / "scripts" / "regflow"
+LIBRARY = REGFLOW_ROOT / "scripts" / "regflow"
 
 
 def read_sheet(path):
