@@ -13,6 +13,7 @@ from regflow.formats import (
     MissingReaderError,
     OpenSlideSlide,
     RegionReader,
+    detect_format,
     read_image,
     read_info,
     verify_image,
@@ -121,6 +122,46 @@ def test_openslide_adapter_reads_what_tifffile_reads(tmp_path, scene):
         assert np.abs(difference).mean() < 1.0  # two JPEG decoders
 
 
+def test_dicom_wsi_levels_pixels_and_pixel_spacing(tmp_path, scene):
+    """A DICOM WSI series (one VL Whole Slide Microscopy instance per level, as scanners
+    export them) is read through OpenSlide from any of its files."""
+    from regflow.vendorfiles import write_dicom_wsi
+
+    files = write_dicom_wsi(tmp_path / "slide", np.moveaxis(scene, 0, -1), 0.25, 128, 100)
+    assert detect_format(files[0]) == "openslide"
+    info = read_info(files[0])
+    assert info.format == "openslide:dicom" and info.reader == "openslide" and info.rgb
+    assert info.shape == (512, 384) and info.pixel_size_um == pytest.approx(0.25)
+    assert info.level_shapes == [(512, 384), (256, 192), (128, 96), (64, 48)]
+    np.testing.assert_array_equal(read_image(files[0]), scene)  # uncompressed frames
+    with RegionReader(files[0]) as reader:
+        region = reader.read(slice(99, 300), slice(7, 380))
+    np.testing.assert_array_equal(region, scene[:, 99:300, 7:380])
+    assert read_info(files[2]).shape == (512, 384)  # any file of the series opens the slide
+
+
+def test_a_dicom_file_that_is_no_slide_is_named(tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT image storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+    ds.Modality, ds.Rows, ds.Columns = "CT", 8, 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.zeros((8, 8), np.uint16).tobytes()
+    path = tmp_path / "scan.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="DICOM file but not a whole-slide image") as error:
+        detect_format(str(path))
+    assert str(path) in str(error.value)
+
+
 def test_the_largest_series_is_the_slide_not_a_label_first(tmp_path, scene):
     """A file whose first series is a small overview (VALIS #76: the label registered)."""
     path = tmp_path / "two.tif"
@@ -211,8 +252,9 @@ def test_vendor_pairs_register_at_level_0_with_their_metadata(format_run):
         "qptiff": ["DAPI", "DAB-marker"],
         "czi": ["DAPI", "DAB-marker"],
         "lzw_tiff": None,
+        "dicom": None,
     }
-    expected_moving_px = {"svs_20x": 0.5, "qptiff": 0.5, "czi": 0.65, "lzw_tiff": 0.5}
+    expected_moving_px = {"svs_20x": 0.5, "qptiff": 0.5, "czi": 0.65, "lzw_tiff": 0.5, "dicom": 0.5}
     for row in sheet.itertuples():
         errors = _landmark_errors(workdir, row)
         # a 20×/40× pair (and the others) map landmarks to < 1 px at level 0 of the 40× slide
@@ -238,4 +280,4 @@ def test_vendor_pairs_register_at_level_0_with_their_metadata(format_run):
         json.loads((workdir / "out" / s / "metrics.json").read_text())["images"]["moving"]["format"]
         for s in sheet["sample"]
     }
-    assert formats_seen == {"aperio-svs", "qptiff", "czi", "tiff"}
+    assert formats_seen == {"aperio-svs", "qptiff", "czi", "tiff", "openslide:dicom"}

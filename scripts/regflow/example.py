@@ -361,9 +361,16 @@ def make_format_cohort(outdir: str | Path, size: int = 384) -> pd.DataFrame:
     pages) of the IHC scene at ``2 * size`` px. Moving images, ``size`` px at coarser pixel
     sizes, each rotated and shifted: an SVS at 20× (0.5 µm, JPEG 2000 tiles), a QPTIFF
     fluorescence image (DAPI + marker, 0.5 µm), a Zeiss CZI fluorescence image (0.65 µm) and a
-    generic LZW-tiled TIFF without a pixel size (the sheet gives it: 0.5 µm).
+    generic LZW-tiled TIFF without a pixel size (the sheet gives it: 0.5 µm) and a DICOM WSI
+    series (0.5 µm; writing it needs pydicom, a test-only dependency).
     """
-    from .vendorfiles import write_czi, write_generic_tiff, write_qptiff, write_svs
+    from .vendorfiles import (
+        write_czi,
+        write_dicom_wsi,
+        write_generic_tiff,
+        write_qptiff,
+        write_svs,
+    )
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -414,6 +421,9 @@ def make_format_cohort(outdir: str | Path, size: int = 384) -> pd.DataFrame:
     )
     moving("moving_lzw.tif", rgb, np.full(3, 255.0), 0.5, -20.0,
            lambda p, im: write_generic_tiff(p, im, "lzw", 256, None))  # fmt: skip
+    # a DICOM WSI series (a folder of one file per level), read through OpenSlide
+    moving("moving_dicom", rgb, np.full(3, 255.0), 0.5, 45.0,
+           lambda p, im: write_dicom_wsi(p, np.moveaxis(im, 0, -1), 0.5, 128, 128))  # fmt: skip
 
     def row(sample, moving, modality, channel, **extra):
         return {
@@ -439,6 +449,13 @@ def make_format_cohort(outdir: str | Path, size: int = 384) -> pd.DataFrame:
                 "brightfield",
                 "hematoxylin",
                 moving_pixel_size_um="0.5",
+            ),  # fmt: skip
+            row(
+                "dicom",
+                "moving_dicom/level0.dcm",
+                "brightfield",
+                "hematoxylin",
+                moving_landmarks=str(outdir / "moving_dicom_landmarks.csv"),
             ),  # fmt: skip
         ]
     )

@@ -30,8 +30,8 @@ import numpy as np
 
 SUPPORTED = (
     "TIFF family (OME-TIFF, Aperio SVS, Hamamatsu NDPI, Leica SCN, Philips TIFF, Ventana BIF, "
-    "Akoya QPTIFF, generic tiled/stripped TIFF), Zeiss CZI, OpenSlide formats (3DHISTECH MRXS, "
-    "…), OME-Zarr, PNG, JPEG"
+    "Akoya QPTIFF, generic tiled/stripped TIFF), Zeiss CZI, DICOM WSI (.dcm, VL Whole Slide "
+    "Microscopy), OpenSlide formats (3DHISTECH MRXS, …), OME-Zarr, PNG, JPEG"
 )
 
 # Length units → micrometres (OME, CZI and TIFF resolution units).
@@ -142,7 +142,8 @@ def detect_format(path: str) -> str:
         raise ImageReadError(path, "not found", "check the path (relative paths start at the "
                              "working directory)")  # fmt: skip
     with open(path, "rb") as handle:
-        head = handle.read(16)
+        head = handle.read(132)
+    dicom = head[128:132] == b"DICM"  # the DICOM Part 10 preamble
     if head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
         return "tiff"
     if head.startswith(b"ZISRAWFILE"):
@@ -154,15 +155,24 @@ def detect_format(path: str) -> str:
     try:
         import openslide
     except ImportError:
-        if path.lower().endswith((".mrxs", ".vms", ".vmu")):
+        if dicom or path.lower().endswith((".mrxs", ".vms", ".vmu")):
             raise MissingReaderError(
                 path,
-                "is an OpenSlide format (MRXS/VMS) but OpenSlide is not installed",
+                f"is {'a DICOM file' if dicom else 'an OpenSlide format (MRXS/VMS)'} but "
+                "OpenSlide is not installed",
                 "pip install openslide-python openslide-bin",
             ) from None
     else:
         if openslide.OpenSlide.detect_format(path):
             return "openslide"
+        if dicom:  # OpenSlide ≥ 4 reads DICOM WSI; it said no to this one
+            raise ImageReadError(
+                path,
+                "is a DICOM file but not a whole-slide image that OpenSlide reads (it needs a "
+                "VL Whole Slide Microscopy series: ImageType VOLUME, tiled frames; CT, MR or "
+                "single-frame photographs are not slides)",
+                "name one .dcm file of the slide's series, its levels in the same folder",
+            )
     problem = "is empty" if not head else "is not a supported image"
     raise ImageReadError(path, f"{problem}; supported: {SUPPORTED}",
                          "check that the sheet names the image file itself")  # fmt: skip

@@ -4,8 +4,9 @@ Each writer follows its vendor's structure closely enough that the readers recog
 format by content (tifffile's vendor flags, CZI magic): Aperio SVS (tiled JPEG or JPEG 2000
 baseline with an ``MPP`` description, thumbnail, reduced levels, label and macro pages),
 Akoya/PerkinElmer QPTIFF (one page per channel with its XML description, thumbnail, reduced
-levels), generic tiled or stripped TIFF (any tifffile compression, resolution tags) and Zeiss
-CZI (pylibCZIrw, with channel names and scaling).
+levels), generic tiled or stripped TIFF (any tifffile compression, resolution tags), Zeiss
+CZI (pylibCZIrw, with channel names and scaling) and DICOM WSI (pydicom, a test-only
+dependency: one VL Whole Slide Microscopy instance per level, as OpenSlide ≥ 4 reads them).
 """
 
 from __future__ import annotations
@@ -167,3 +168,65 @@ def write_czi(
                 czi.write(plane, plane={"C": index}, location=origin, scene=0)
         channel_names = {i: n for i, n in enumerate(names)} if names and not rgb else None
         czi.write_metadata("regflow", channel_names=channel_names, scale_x=scale, scale_y=scale)
+
+
+# VL Whole Slide Microscopy Image Storage: one file (instance) per pyramid level.
+_WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
+
+def write_dicom_wsi(
+    folder: str | os.PathLike, rgb: np.ndarray, mpp: float, tile: int = 256, min_size: int = 256
+) -> list[str]:
+    """A DICOM WSI series as scanners export it (pydicom; tests only): one VL Whole Slide
+    Microscopy instance per pyramid level (``ORIGINAL\\PRIMARY\\VOLUME``), TILED_FULL frames of
+    ``tile`` px, uncompressed RGB, the pixel spacing in the shared functional groups (mm).
+    ``rgb`` is ``(Y, X, 3)`` uint8. Returns the files, level 0 first; OpenSlide opens the
+    series from any of them (it reads the folder)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    os.makedirs(folder, exist_ok=True)
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    paths = []
+    for index, level in enumerate(_rgb_halvings(rgb, min_size)):
+        height, width = level.shape[:2]
+        rows, cols = -(-height // tile), -(-width // tile)
+        padded = np.zeros((rows * tile, cols * tile, 3), np.uint8)
+        padded[:height, :width] = level
+        frames = padded.reshape(rows, tile, cols, tile, 3).swapaxes(1, 2)  # row-major tiles
+        spacing = mpp * 2**index / 1000.0
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = _WSI_SOP_CLASS
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = _WSI_SOP_CLASS, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.Modality = "SM"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+        ds.Rows = ds.Columns = tile
+        ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = height, width
+        ds.TotalPixelMatrixFocalPlanes = 1
+        ds.NumberOfFrames = rows * cols
+        ds.DimensionOrganizationType = "TILED_FULL"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.NumberOfOpticalPaths = 1
+        path_item = Dataset()
+        path_item.OpticalPathIdentifier = "1"
+        ds.OpticalPathSequence = DicomSequence([path_item])
+        measures = Dataset()
+        measures.PixelSpacing = [spacing, spacing]
+        measures.SliceThickness = 0.004
+        shared = Dataset()
+        shared.PixelMeasuresSequence = DicomSequence([measures])
+        ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+        ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = width * spacing, height * spacing
+        ds.PixelData = np.ascontiguousarray(frames).tobytes()
+        path = os.path.join(folder, f"level{index}.dcm")
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
