@@ -587,7 +587,8 @@ class _Level:
         if region is None:
             return -1.0
         warped = warp_fast(self.moving, matrix, self.fixed.shape)
-        return 0.5 * (ncc(self.fixed, warped, region) + ncc(self.fixed_mask, warped_mask))
+        footprint = overlap_mask(self.moving.shape, matrix, self.fixed.shape)
+        return 0.5 * (ncc(self.fixed, warped, region) + ncc(self.fixed_mask, warped_mask, footprint))
 
     def from_working(self, matrix: np.ndarray) -> np.ndarray:
         """A working-resolution matrix expressed on this level's images."""
@@ -656,6 +657,51 @@ def trusted_scale_change(max_scale_change: float, pixel_sizes_known: bool) -> fl
     if pixel_sizes_known:
         return max_scale_change
     return max(max_scale_change, UNKNOWN_PIXEL_SIZE_SCALE_CHANGE)
+
+
+def _fine_structure(candidate: dict, fine, fine_fixed, fine_moving) -> float:
+    """The candidate's structure (local NCC) one level finer than its verification, after a
+    quick similarity refinement there: a second, finer look at the same pose."""
+    if "structure_fine" not in candidate:
+        start = fine.from_working(candidate["verified"])
+        region = _union_region(fine.fixed_mask, fine.moving_mask, start)
+        matrix = refine(fine_fixed, fine_moving, region, start, "similarity",
+                        max_evaluations=150, max_samples=10_000)  # fmt: skip
+        candidate["structure_fine"] = _masked_ncc(fine_fixed, fine_moving, fine.fixed_mask,
+                                                  fine.moving_mask, matrix)  # fmt: skip
+    return candidate["structure_fine"]
+
+
+def _choose_orientation(
+    upright: dict, mirrored: dict, fine, fine_fixed, fine_moving, mirror_ratio: float
+) -> dict:
+    """The best upright or the best mirrored pose (a section mounted face down).
+
+    Two pieces of evidence, at two levels: the structure (local NCC) of each orientation's
+    best verified pose, and the same after a similarity refinement one level finer, where
+    a wrong orientation's chance agreement of coarse shapes falls away while the right
+    one's cells and glands line up. The mirrored pose is kept only when both levels favour
+    it and together by ``mirror_ratio`` (the geometric mean of the two ratios), so neither
+    a symmetric outline nor one noisy level flips a correctly mounted slide; the finer look
+    is taken whenever the coarser one is not decisive on its own (within × / ÷ 3).
+    """
+    floor = 0.01  # structure near zero or negative: no agreement at all
+
+    def ratio(key):
+        return max(mirrored[key], floor) / max(upright[key], floor)
+
+    middle = ratio("structure")
+    if middle >= 3.0 * mirror_ratio:
+        return mirrored
+    if middle <= 1.0 / 3.0:
+        return upright
+    for candidate in (upright, mirrored):
+        _fine_structure(candidate, fine, fine_fixed, fine_moving)
+    finer = ratio("structure_fine")
+    clear = mirrored["structure_fine"] > upright["structure_fine"] + 0.02
+    if middle > 1.0 and finer > 1.0 and clear and np.sqrt(middle * finer) >= mirror_ratio:
+        return mirrored
+    return upright
 
 
 def register_rigid(
@@ -731,29 +777,38 @@ def register_rigid(
     coarse = _Level(fixed, moving, fixed_mask, moving_mask, search_size, finer=middle)
     fixed_centre, moving_centre = _centre(coarse.fixed.shape), _centre(coarse.moving.shape)
 
-    angle_fm, scale_fm = fourier_mellin(middle.fixed, middle.moving, max_scale_change)
-    # the spectra's angle also at scale 1 when they find another scale: across stains the
-    # scale estimate is the weaker of the two, and a wide range admits spurious ones
-    rotations = [
-        ("fourier-mellin", angle, scale)
-        for scale in sorted({scale_fm, 1.0})
-        for angle in (angle_fm, angle_fm + 180)
-    ]
-    if coarse_angle_step > 0:
-        # a few scales too: unknown or wrong pixel sizes and shrinkage change the scale by
-        # ±10 % and more (BIRL rat kidney: 0.94), beyond what a local refinement recovers
-        step = min(0.1, max_scale_change / 2)
-        rotations += [
-            ("grid", float(a), grid_scale)
-            for grid_scale in sorted({1.0, 1.0 - step, 1.0 / (1.0 - step)})
-            for a in np.arange(0.0, 360.0, coarse_angle_step)
-        ]
     mirrors = (False, True) if allow_mirror else (False,)
+    rotations = {}
+    for mirror in mirrors:
+        # Each orientation gets its own spectra: the mirrored candidates' angle comes from
+        # the mirror image's spectrum (a mirror in x turns a rotation by φ of the flipped
+        # image into −φ of the mirrored parametrisation), not from the unmirrored estimate,
+        # which for a slide mounted face down is no estimate at all.
+        flipped = middle.moving[:, ::-1] if mirror else middle.moving
+        angle_fm, scale_fm = fourier_mellin(middle.fixed, flipped, max_scale_change)
+        angle_fm = -angle_fm if mirror else angle_fm
+        # the spectra's angle also at scale 1 when they find another scale: across stains
+        # the scale estimate is the weaker of the two, and a wide range admits spurious ones
+        rotations[mirror] = [
+            ("fourier-mellin", angle % 360, scale)
+            for scale in sorted({scale_fm, 1.0})
+            for angle in (angle_fm, angle_fm + 180)
+        ]
+        if coarse_angle_step > 0:
+            # a few scales too: unknown or wrong pixel sizes and shrinkage change the scale
+            # by ±10 % and more (BIRL rat kidney: 0.94), beyond what a local refinement
+            # recovers
+            step = min(0.1, max_scale_change / 2)
+            rotations[mirror] += [
+                ("grid", float(a), grid_scale)
+                for grid_scale in sorted({1.0, 1.0 - step, 1.0 / (1.0 - step)})
+                for a in np.arange(0.0, 360.0, coarse_angle_step)
+            ]
 
     candidates = []
     canvas = _Canvas(coarse.fixed)
     for mirror in mirrors:
-        for source, angle, scale in rotations:
+        for source, angle, scale in rotations[mirror]:
             base = similarity_matrix(angle, scale, (0.0, 0.0), fixed_centre, moving_centre, mirror)
             for matrix in _translation_candidates(canvas, coarse.moving, base, n_translation_peaks):
                 candidates.append(
@@ -799,9 +854,6 @@ def register_rigid(
             candidates.append(found)
             verify(found)
 
-    # A mirrored solution (a section mounted face down) is kept only when it wins clearly:
-    # a symmetric tissue outline must never flip a correctly mounted slide (correct
-    # orientations score 2–3.5× the wrong ones on the BIRL pairs).
     best = {}
     for candidate in (c for c in candidates if "verified" in c):
         if (
@@ -809,11 +861,12 @@ def register_rigid(
             > best.get(candidate["mirror"], {"structure": -np.inf})["structure"]
         ):
             best[candidate["mirror"]] = candidate
+    fine_fixed, fine_moving = fine.contrast(local_contrast)
     chosen = best[False]
-    if True in best and best[True]["structure"] > max(
-        mirror_ratio * chosen["structure"], chosen["structure"] + 0.05
-    ):
-        chosen = best[True]
+    if True in best:
+        chosen = _choose_orientation(
+            best[False], best[True], fine, fine_fixed, fine_moving, mirror_ratio
+        )
     verified = [c for c in candidates if "ncc" in c]
 
     # The final refinement starts from the chosen pose and from the other verified starts of
@@ -828,7 +881,6 @@ def register_rigid(
         key=lambda c: -c["structure"],
     )  # fmt: skip
     starts = [chosen, *near_ties[:2]]
-    fine_fixed, fine_moving = fine.contrast(local_contrast)
     best_objective = -np.inf
     for candidate in starts:
         start = fine.from_working(candidate["verified"])
