@@ -192,7 +192,7 @@ def test_tv_l1_is_scikit_image_tvl1(ihc_rgb):
     parameters, no prefilter): the same field to a hundredth of a pixel, and the known
     smooth deformation recovered."""
     from regflow.flow import tv_l1
-    from regflow.metrics import local_normalise
+    from regflow.imageops import local_normalise
     from skimage.registration import optical_flow_tvl1
 
     warp = KnownWarp(angle_deg=0.0, scale=1.0, shift=(0.0, 0.0), elastic_px=4.0, seed=1)

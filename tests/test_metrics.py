@@ -41,7 +41,7 @@ def test_tre_pairs_first_min_rows_and_ignores_unmapped():
 def test_resize_linear_equals_scikit_image(shape, anti_aliasing):
     """Down- and upsampling, per-axis factors either side of 1, anti-aliased or not: the
     numbers of skimage's resize (mirrored edges included) to float32 rounding."""
-    from regflow.metrics import resize_linear
+    from regflow.imageops import resize_linear
     from skimage.transform import resize
 
     image = np.random.default_rng(0).random((301, 257)).astype(np.float32)

@@ -2,7 +2,8 @@
 
 The library behind the workflow's rule scripts: pure functions on arrays and files that know
 nothing of Snakemake. One module per stage (preprocess, rigid, flow, warp, qc) plus io,
-transform, points, metrics, samplesheet and runlog.
+transform, points, metrics (similarity measures), imageops (shared image operations),
+samplesheet and runlog.
 """
 
 __version__ = "0.1.0"

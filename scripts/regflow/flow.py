@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import gaussian, local_normalise, ncc, resize_linear
+from .imageops import gaussian, local_normalise, resize_linear
+from .metrics import ncc
 from .rigid import overlap_mask, warp_fast
 from .transform import Transform
 

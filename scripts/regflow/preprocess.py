@@ -22,8 +22,8 @@ from scipy import ndimage as ndi
 from skimage import color, filters
 
 from .channels import MODALITIES, ChannelError, resolve_channel
+from .imageops import resize_linear
 from .io import ImageInfo, choose_level, read_image
-from .metrics import resize_linear
 
 
 @dataclass

@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-from .metrics import gaussian, ncc, nmi, target_registration_error, tre_summary  # noqa: E402
+from .imageops import gaussian  # noqa: E402
+from .metrics import ncc, nmi, target_registration_error, tre_summary  # noqa: E402
 from .points import unmapped_reasons  # noqa: E402
 from .transform import Transform, apply_matrix, inside_image  # noqa: E402
 

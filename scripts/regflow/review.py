@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import local_normalise, ncc
+from .imageops import local_normalise
+from .metrics import ncc
 from .rigid import UNKNOWN_PIXEL_SIZE_FACTOR
 
 DEFAULTS = {

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .metrics import gaussian, local_normalise, ncc
+from .imageops import gaussian, local_normalise
+from .metrics import ncc
 from .transform import inside_image
 
 # scipy and scikit-image (~0.8 s to import) are imported by the functions that use them: the
@@ -588,7 +589,9 @@ class _Level:
             return -1.0
         warped = warp_fast(self.moving, matrix, self.fixed.shape)
         footprint = overlap_mask(self.moving.shape, matrix, self.fixed.shape)
-        return 0.5 * (ncc(self.fixed, warped, region) + ncc(self.fixed_mask, warped_mask, footprint))
+        return 0.5 * (
+            ncc(self.fixed, warped, region) + ncc(self.fixed_mask, warped_mask, footprint)
+        )
 
     def from_working(self, matrix: np.ndarray) -> np.ndarray:
         """A working-resolution matrix expressed on this level's images."""
