@@ -6,7 +6,7 @@ transform, points, metrics (similarity measures), imageops (shared image operati
 samplesheet and runlog.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def own_threads_only() -> None:
