@@ -28,6 +28,7 @@ localrules:
 include: "rules/preprocess.smk"
 include: "rules/rigid.smk"
 include: "rules/flow.smk"
+include: "rules/refine.smk"
 include: "rules/warp.smk"
 include: "rules/qc.smk"
 include: "rules/case.smk"

@@ -281,6 +281,15 @@ def warp_threads(wildcards):
     return 2 if (height / tile) * (width / tile) >= 16 else 1
 
 
+def mem_mb_refine(wildcards, attempt):
+    """A tile window per thread (a few dozen MiB each) and the node grid of the fine field
+    (2 float64 + 1 weight per node, a node every few refinement px), with overhead."""
+    row = samples.loc[wildcards.sample]
+    height, width = image_header(row["fixed"]).shape
+    nodes = height * width / max(config["refine"]["grid_step"], 1) ** 2
+    return int((800 + 40 * nodes / 2**20) * attempt)
+
+
 def mem_mb_preprocess(wildcards, attempt):
     row = samples.loc[wildcards.sample]
     largest = max(image_megabytes(row["fixed"]), image_megabytes(row["moving"]))
@@ -318,6 +327,22 @@ def previous_transform(wildcards):
     return {"previous": rules.flow.output.transform.format(sample=previous)}
 
 
+def refine_inputs(wildcards):
+    """The reference and this image at full resolution, the coarse transform, and the
+    reference's working image (its tissue mask), which in chain mode is the chain's first
+    registration's fixed image, as for the QC."""
+    sample = wildcards.sample
+    anchor = samples.loc[sample, "anchor"]
+    return {
+        "fixed": samples.loc[sample, "reference_path"],
+        "moving": samples.loc[sample, "moving"],
+        "transform": rules.flow.output.transform.format(sample=sample),
+        "info": rules.preprocess.output.info.format(sample=sample),
+        "anchor_info": rules.preprocess.output.info.format(sample=anchor),
+        "working": rules.preprocess.output.fixed.format(sample=anchor),
+    }
+
+
 def qc_inputs(wildcards):
     # The reference at working resolution: this registration's fixed image, or in chain mode
     # that of the chain's first registration (the one whose fixed image is the reference).
@@ -328,7 +353,8 @@ def qc_inputs(wildcards):
         "preprocess": rules.preprocess.output.info.format(sample=wildcards.sample),
         "rigid": rules.rigid.output[0].format(sample=wildcards.sample),
         "flow": rules.flow.output.info.format(sample=wildcards.sample),
-        "transform": rules.flow.output.transform.format(sample=wildcards.sample),
+        "transform": rules.refine.output.transform.format(sample=wildcards.sample),
+        "refine": rules.refine.output.info.format(sample=wildcards.sample),
     }
     if has_landmarks(wildcards.sample, "fixed") and has_landmarks(
         wildcards.sample, "moving"

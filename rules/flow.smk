@@ -6,7 +6,8 @@ rule flow:
         moving=rules.preprocess.output.moving,
         rigid=rules.rigid.output[0],
     output:
-        transform=f"{OUTDIR}/{{sample}}/transform.npz",
+        # the coarse transform; refine adds the fine component (transform.npz)
+        transform=f"{OUTDIR}/{{sample}}/flow/transform.npz",
         info=f"{OUTDIR}/{{sample}}/flow.json",
     log:
         f"{OUTDIR}/logs/flow/{{sample}}.log",

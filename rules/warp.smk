@@ -1,7 +1,7 @@
 rule warp:
     input:
         moving=sample_value("moving"),
-        transform=rules.flow.output.transform,
+        transform=rules.refine.output.transform,
         info=rules.preprocess.output.info,
     output:
         image_output(f"{OUTDIR}/{{sample}}/warped.{IMAGE}"),
@@ -29,7 +29,7 @@ rule warp:
 rule points:
     input:
         points=sample_value("moving_landmarks"),
-        transform=rules.flow.output.transform,
+        transform=rules.refine.output.transform,
     output:
         f"{OUTDIR}/{{sample}}/landmarks_warped.csv",
     log:
@@ -54,7 +54,7 @@ rule points:
 rule annotations:
     input:
         geojson=annotation_value("file"),
-        transform=rules.flow.output.transform,
+        transform=rules.refine.output.transform,
     output:
         f"{OUTDIR}/{{sample}}/annotations_{{direction}}.geojson",
     log:
@@ -84,7 +84,7 @@ rule annotations:
 rule associated:
     input:
         image=associated_path,
-        transform=rules.flow.output.transform,
+        transform=rules.refine.output.transform,
         info=rules.preprocess.output.info,
     output:
         image_output(f"{OUTDIR}/{{sample}}/associated/{{name}}.{IMAGE}"),

@@ -186,7 +186,7 @@ def test_chain_mode_composes_serial_sections_to_the_reference(cases):
                             out / image / "landmarks_warped.csv")  # fmt: skip
         assert mapped.max() < 0.5, (image, mapped)
     log = (workdir / "out_chain" / "logs" / "flow" / "serial" / "s4.log").read_text()
-    assert "composed with" in log and "serial/s3/transform.npz" in log
+    assert "composed with" in log and "serial/s3/flow/transform.npz" in log
     log = (workdir / "out_chain" / "logs" / "flow" / "serial" / "s2.log").read_text()
     assert "composed with" not in log  # s2's neighbour is the reference
 

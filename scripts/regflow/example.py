@@ -571,3 +571,117 @@ def make_serial_case(
         write_ome_tiff(path, pixels, ["R", "G", "B"], 0.5, rgb=True)
         rows.append(_case_image(outdir, case, image, path, points, "brightfield", "", index))
     return pd.DataFrame(rows)
+
+
+# ---- cell-level scenes: nuclei at a physical scale, local deformations finer than a working
+# image (the full-resolution refinement's test and benchmark data) -------------------------
+
+
+@dataclass(frozen=True)
+class CellWarp:
+    """Moving pixel ``q`` shows fixed pixel ``φ(q) = A⁻¹ q + smooth(q) + Σ bumps(q)``.
+
+    ``A`` (fixed → moving): rotation ``angle_deg`` and ``shift`` about the centres; ``smooth``
+    a random field of amplitude ``smooth_px`` over a fifth of the image; the bumps are local
+    displacements (Gaussian profiles, ``bump_sigma_px`` across, ``bump_px`` in size) at
+    ``n_bumps`` random places: motions finer than the working image's grid.
+    """
+
+    shape: tuple[int, int]
+    angle_deg: float = 2.0
+    shift: tuple[float, float] = (12.0, -8.0)
+    smooth_px: float = 6.0
+    n_bumps: int = 12
+    bump_sigma_px: tuple[float, float] = (20.0, 45.0)
+    bump_px: tuple[float, float] = (3.0, 9.0)
+    seed: int = 0
+
+    def affine(self) -> np.ndarray:
+        centre = np.array([(self.shape[1] - 1) / 2, (self.shape[0] - 1) / 2])
+        return similarity_matrix(self.angle_deg, 1.0, self.shift, centre, centre)
+
+    def _bumps(self):
+        rng = np.random.default_rng(self.seed + 1)
+        height, width = self.shape
+        centres = rng.uniform([0, 0], [width, height], (self.n_bumps, 2))
+        sigmas = rng.uniform(*self.bump_sigma_px, self.n_bumps)
+        angles = rng.uniform(0, 2 * np.pi, self.n_bumps)
+        sizes = rng.uniform(*self.bump_px, self.n_bumps)
+        vectors = sizes[:, None] * np.stack([np.cos(angles), np.sin(angles)], 1)
+        return centres, sigmas, vectors
+
+    def _smooth_coefficients(self):
+        rng = np.random.default_rng(self.seed)
+        return rng.normal(size=(2, 3, 3))
+
+    def offset(self, points_xy: np.ndarray) -> np.ndarray:
+        """``smooth(q) + Σ bumps(q)`` at moving points ``(n, 2)`` (fixed px)."""
+        points_xy = np.asarray(points_xy, np.float64)
+        height, width = self.shape
+        u, v = points_xy[:, 0] / width, points_xy[:, 1] / height
+        coefficients = self._smooth_coefficients()
+        out = np.zeros_like(points_xy)
+        for i in range(3):
+            for j in range(3):
+                basis = np.sin(np.pi * (i + 0.5) * u) * np.sin(np.pi * (j + 0.5) * v)
+                out += basis[:, None] * coefficients[:, i, j][None, :]
+        out *= self.smooth_px / 3.0
+        centres, sigmas, vectors = self._bumps()
+        for centre, sigma, vector in zip(centres, sigmas, vectors, strict=True):
+            d2 = ((points_xy - centre) ** 2).sum(axis=1)
+            out += np.exp(-d2 / (2 * sigma**2))[:, None] * vector[None, :]
+        return out
+
+    def moving_to_fixed(self, points_xy: np.ndarray) -> np.ndarray:
+        return apply_matrix(np.linalg.inv(self.affine()), points_xy) + self.offset(points_xy)
+
+    def fixed_to_moving(self, points_xy: np.ndarray) -> np.ndarray:
+        """Solve ``φ(q) = p`` for ``q`` by fixed-point iteration."""
+        affine = self.affine()
+        moving = apply_matrix(affine, points_xy)
+        for _ in range(60):
+            moving = apply_matrix(affine, points_xy - self.offset(moving))
+        return moving
+
+
+def nuclei_scene(
+    shape: tuple[int, int], pixel_size_um: float, seed: int = 0, spacing_um: float = 11.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A DAPI-like image ``(Y, X)`` float32 in [0, 1]: nuclei (~7 µm) scattered about
+    ``spacing_um`` apart over tissue regions with lumina, and their centres ``(n, 2)`` (x, y)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    height, width = shape
+    n = int(height * width * (pixel_size_um / spacing_um) ** 2)
+    centres = rng.uniform([0, 0], [width, height], (n, 2))
+    # tissue with holes: a smooth random field thresholded
+    coarse = rng.normal(size=(max(2, height // 256), max(2, width // 256))).astype(np.float32)
+    tissue = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC) > -0.6
+    keep = tissue[centres[:, 1].astype(int), centres[:, 0].astype(int)]
+    centres = centres[keep]
+    impulses = np.zeros(shape, np.float32)
+    rows, cols = centres[:, 1].astype(int), centres[:, 0].astype(int)
+    np.add.at(impulses, (rows, cols), rng.uniform(0.6, 1.0, len(centres)).astype(np.float32))
+    sigma = 2.0 / pixel_size_um  # ~7 µm nuclei
+    image = cv2.GaussianBlur(impulses, (0, 0), sigma) * (2 * np.pi * sigma**2)
+    image += 0.05 * cv2.GaussianBlur(rng.random(shape, dtype=np.float32), (0, 0), 1.0)
+    image = np.clip(image / max(float(np.percentile(image, 99.8)), 1e-6), 0, 1)
+    return image.astype(np.float32), centres + 0.0
+
+
+def render_cell_moving(fixed: np.ndarray, warp: CellWarp) -> np.ndarray:
+    """The moving image: ``fixed`` sampled at ``φ(q)`` for every moving pixel (bilinear)."""
+    import cv2
+
+    height, width = fixed.shape
+    out = np.empty_like(fixed)
+    for r0 in range(0, height, 256):
+        rows, cols = np.mgrid[r0 : min(r0 + 256, height), :width].astype(np.float64)
+        points = np.stack([cols.ravel(), rows.ravel()], 1)
+        source = warp.moving_to_fixed(points)
+        map_x = source[:, 0].reshape(rows.shape).astype(np.float32)
+        map_y = source[:, 1].reshape(rows.shape).astype(np.float32)
+        out[r0 : r0 + rows.shape[0]] = cv2.remap(fixed, map_x, map_y, cv2.INTER_LINEAR,
+                                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
+    return out

@@ -12,9 +12,16 @@ x = column, y = row, in full-resolution pixels with pixel centres at integers:
     (3, 3) float64. Maps fixed full-resolution ``(x, y)`` to the displacement grid.
 ``fixed_shape``, ``moving_shape``
     (2,) int64. ``(Y, X)`` of the full-resolution images.
+``fine``, ``fixed_full_to_fine`` (optional: present when the full-resolution refinement
+found something to add)
+    (2, H, W) float32 and (3, 3) float64. The fine component ``r``: a residual displacement
+    ``(dx, dy)`` in full-resolution fixed pixels on its own, finer grid (e.g. every 8 µm),
+    estimated tile by tile after the coarse field; zeros where the refinement was rejected.
 
-A fixed pixel ``p`` maps to the moving pixel ``affine @ (p + u(p))``, where ``u`` is the
-displacement bilinearly interpolated at ``fixed_full_to_working @ p``. Warping the moving
+A fixed pixel ``p`` maps to the moving pixel ``affine @ (p + u(p) + r(p))``, where ``u`` is the
+displacement bilinearly interpolated at ``fixed_full_to_working @ p`` and ``r`` the fine
+component bilinearly interpolated at ``fixed_full_to_fine @ p`` (both with their edge values
+continued beyond their grids). Warping the moving
 image onto the fixed grid samples it there (a pull-back); mapping points from the moving
 image into the fixed one inverts this by fixed-point iteration.
 """
@@ -95,6 +102,8 @@ class Transform:
     fixed_full_to_working: np.ndarray
     fixed_shape: tuple[int, int]
     moving_shape: tuple[int, int]
+    fine: np.ndarray | None = None
+    fixed_full_to_fine: np.ndarray | None = None
 
     @classmethod
     def from_affine(
@@ -115,18 +124,45 @@ class Transform:
         )
 
     @cached_property
-    def has_displacement(self) -> bool:
+    def has_coarse(self) -> bool:
         # asked per output tile: computed once (a transform's field is never changed in place)
         return bool(np.any(self.displacement))
 
+    @cached_property
+    def has_fine(self) -> bool:
+        return self.fine is not None and bool(np.any(self.fine))
+
+    @cached_property
+    def has_displacement(self) -> bool:
+        """Whether any non-rigid component (coarse field or fine component) is non-zero."""
+        return self.has_coarse or self.has_fine
+
+    def _fields(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The non-zero displacement components as ``(field, fixed_full_to_grid)``."""
+        fields = []
+        if self.has_coarse:
+            fields.append((self.displacement, np.asarray(self.fixed_full_to_working, np.float64)))
+        if self.has_fine:
+            fields.append((self.fine, np.asarray(self.fixed_full_to_fine, np.float64)))
+        return fields
+
     def displacement_at(self, points_xy: np.ndarray) -> np.ndarray:
-        """Displacement ``(n, 2)`` in full-resolution pixels at fixed points ``(n, 2)``."""
+        """Displacement ``(n, 2)`` in full-resolution pixels at fixed points ``(n, 2)``: the
+        coarse field plus the fine component."""
         points_xy = np.asarray(points_xy, np.float64)
-        if not self.has_displacement:
-            return np.zeros_like(points_xy)
-        grid = apply_matrix(self.fixed_full_to_working, points_xy)
-        field = self.displacement.astype(np.float64, copy=False)
-        return np.stack([bilinear(field[axis], grid[:, 1], grid[:, 0]) for axis in range(2)], 1)
+        total = np.zeros_like(points_xy)
+        for field, to_grid in self._fields():
+            grid = apply_matrix(to_grid, points_xy)
+            field = field.astype(np.float64, copy=False)
+            total += np.stack(
+                [bilinear(field[axis], grid[:, 1], grid[:, 0]) for axis in range(2)], 1
+            )
+        return total
+
+    def without_fine(self) -> Transform:
+        """The same transform without its fine component (the coarse registration)."""
+        return Transform(self.affine, self.displacement, self.fixed_full_to_working,
+                         self.fixed_shape, self.moving_shape)  # fmt: skip
 
     def fixed_to_moving(self, points_xy: np.ndarray) -> np.ndarray:
         """Map fixed-image points ``(n, 2)`` to moving-image points ``(n, 2)``."""
@@ -179,7 +215,7 @@ class Transform:
         ``start``: a 33 × 33 grid over the reach of the field, then grids 8× finer around
         the best node, down to 0.01 px (~1000 evaluations per point and level; points are
         searched together, in chunks, so thousands of annotation vertices stay fast)."""
-        reach = float(np.abs(self.displacement).max()) + 2.0
+        reach = sum(float(np.abs(field).max()) for field, _ in self._fields()) + 2.0
         nodes = 33
         unit = np.linspace(-1.0, 1.0, nodes)
         offsets = np.stack([g.ravel() for g in np.meshgrid(unit, unit)], axis=1)  # (m, 2)
@@ -201,35 +237,33 @@ class Transform:
         """The moving coordinates of a block of the fixed grid as separable pieces (``rows``
         and ``cols`` slices of the grid, or any increasing fixed-image row / column positions).
 
-        For axis 0 (row) and 1 (col): ``coords[axis] = r[:, None] + c[None, :] + wy @ F @ wx.T``
-        — the affine part as an outer sum and the displacement, bilinearly upsampled for this
-        block only, as two small weight matrices around ``F``, the window of the field that the
-        block touches combined with the affine's linear part (``F`` is None without
-        displacement). None when the displacement grid is not axis-aligned with the fixed image.
+        For axis 0 (row) and 1 (col):
+        ``coords[axis] = r[:, None] + c[None, :] + Σ_k wy_k @ F_k @ wx_k.T`` — the affine part
+        as an outer sum and each displacement component (the coarse field, the fine one),
+        bilinearly upsampled for this block only, as two small weight matrices around ``F_k``,
+        the window of that field the block touches combined with the affine's linear part.
+        None when a field's grid is not axis-aligned with the fixed image.
 
         Returns
         -------
-        parts : list of (r, c, F) for axes (row, col)
-        weights : (wy, wx) or None
+        list of (r, c, fields) for axes (row, col), ``fields`` a list of ``(F, wy, wx)``
         """
-        to_grid = self.fixed_full_to_working
-        if self.has_displacement and (to_grid[0, 1] or to_grid[1, 0]):
-            return None
         y, x = _positions(rows), _positions(cols)
-        weights = window = None
-        if self.has_displacement:
-            grid_h, grid_w = self.displacement.shape[1:]
+        windows = []
+        for field, to_grid in self._fields():
+            if to_grid[0, 1] or to_grid[1, 0]:
+                return None
+            grid_h, grid_w = field.shape[1:]
             wy, r0 = _linear_weights(to_grid[1, 1] * y + to_grid[1, 2], grid_h)
             wx, c0 = _linear_weights(to_grid[0, 0] * x + to_grid[0, 2], grid_w)
-            window = self.displacement[:, r0 : r0 + wy.shape[1], c0 : c0 + wx.shape[1]]
-            window = window.astype(np.float64)
-            weights = (wy, wx)
+            window = field[:, r0 : r0 + wy.shape[1], c0 : c0 + wx.shape[1]].astype(np.float64)
+            windows.append((window, wy, wx))
         parts = []
         for cx, cy, c0 in (self.affine[1], self.affine[0]):  # (row, col) = (my, mx)
-            # A (p + u) = A p + A u: the field's share of this axis, on the coarse window
-            field = None if window is None else cx * window[0] + cy * window[1]
-            parts.append((cy * y + c0, cx * x, field))
-        return parts, weights
+            # A (p + u) = A p + A u: each field's share of this axis, on its coarse window
+            fields = [(cx * w[0] + cy * w[1], wy, wx) for w, wy, wx in windows]
+            parts.append((cy * y + c0, cx * x, fields))
+        return parts
 
     def moving_coordinates(self, rows: slice | np.ndarray, cols: slice | np.ndarray) -> np.ndarray:
         """Moving-image ``(row, col)`` sampling coordinates for a block of the fixed grid
@@ -242,19 +276,18 @@ class Transform:
         -------
         ndarray, shape (2, n_rows, n_cols)
         """
-        separable = self.separable_parts(rows, cols)
-        if separable is None:  # a general grid: point by point
+        parts = self.separable_parts(rows, cols)
+        if parts is None:  # a general grid: point by point
             y, x = _positions(rows), _positions(cols)
             yy, xx = np.meshgrid(y, x, indexing="ij")
             points = np.stack([xx.ravel(), yy.ravel()], axis=1)
             mapped = self.fixed_to_moving(points)
             return np.stack([mapped[:, 1].reshape(xx.shape), mapped[:, 0].reshape(xx.shape)])
-        parts, weights = separable
         out = np.empty((2, len(parts[0][0]), len(parts[0][1])))
-        for axis, (row_term, col_term, field) in enumerate(parts):
+        for axis, (row_term, col_term, fields) in enumerate(parts):
             np.add.outer(row_term, col_term, out=out[axis])
-            if field is not None:
-                out[axis] += weights[0] @ field @ weights[1].T
+            for field, wy, wx in fields:
+                out[axis] += wy @ field @ wx.T
         return out
 
     def save(self, path: str | os.PathLike) -> None:
@@ -269,6 +302,14 @@ class Transform:
             fixed_full_to_working=self.fixed_full_to_working,
             fixed_shape=np.asarray(self.fixed_shape, np.int64),
             moving_shape=np.asarray(self.moving_shape, np.int64),
+            **(
+                {
+                    "fine": self.fine.astype(np.float32),
+                    "fixed_full_to_fine": self.fixed_full_to_fine,
+                }
+                if self.fine is not None
+                else {}
+            ),
         )
         os.replace(tmp, path)
 
@@ -281,38 +322,63 @@ class Transform:
                 fixed_full_to_working=data["fixed_full_to_working"],
                 fixed_shape=tuple(int(v) for v in data["fixed_shape"]),
                 moving_shape=tuple(int(v) for v in data["moving_shape"]),
+                fine=data.get("fine"),
+                fixed_full_to_fine=data.get("fixed_full_to_fine"),
             )
+
+
+def _grid_matrix(shape: tuple[int, int], grid_shape: tuple[int, int]) -> np.ndarray:
+    """Fixed full-resolution ``(x, y)`` → a grid of ``grid_shape`` nodes over an image of
+    ``shape`` (pixel-area convention, as image pyramids)."""
+    sy, sx = grid_shape[0] / shape[0], grid_shape[1] / shape[1]
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+
+
+def _nodes(to_grid: np.ndarray, grid_shape: tuple[int, int]) -> np.ndarray:
+    rows, cols = np.mgrid[: grid_shape[0], : grid_shape[1]].astype(np.float64)
+    return apply_matrix(np.linalg.inv(to_grid), np.stack([cols.ravel(), rows.ravel()], 1))
 
 
 def compose(first: Transform, second: Transform) -> Transform:
     """The transform ``p ↦ second(first(p))``: ``first`` maps the reference to image *a*,
     ``second`` maps *a* to image *b*; the result maps the reference to *b* directly.
 
-    The global parts multiply (exact when neither has a displacement). The rest is one
+    The global parts multiply (exact when neither has a displacement). The rest is a
     displacement field on the reference's grid (``first``'s working grid, or one as fine as
     ``second``'s when ``first`` is purely global), sampled exactly at its nodes:
     ``u(p) = A⁻¹ second(first(p)) − p``; so a chain of registrations is applied once, from
-    the original pixels of *b*.
+    the original pixels of *b*. When either has a fine component, the result has one too, on
+    a grid as fine as the finer of theirs: what the coarse field leaves at its nodes.
     """
     affine = second.affine @ first.affine
     if not first.has_displacement and not second.has_displacement:
         return Transform.from_affine(affine, first.fixed_shape, second.moving_shape)
-    if first.has_displacement:
+    inverse = np.linalg.inv(affine)
+    if first.has_coarse or not second.has_coarse:
         to_grid = np.asarray(first.fixed_full_to_working, np.float64)
         grid_shape = first.displacement.shape[1:]
     else:
         factor = float(second.fixed_full_to_working[0, 0])
         grid_shape = tuple(max(2, int(round(n * factor))) for n in first.fixed_shape)
-        sy, sx = grid_shape[0] / first.fixed_shape[0], grid_shape[1] / first.fixed_shape[1]
-        to_grid = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
-    rows, cols = np.mgrid[: grid_shape[0], : grid_shape[1]].astype(np.float64)
-    nodes = apply_matrix(np.linalg.inv(to_grid), np.stack([cols.ravel(), rows.ravel()], 1))
-    target = second.fixed_to_moving(first.fixed_to_moving(nodes))
-    displacement = apply_matrix(np.linalg.inv(affine), target) - nodes
-    return Transform(
-        affine=affine,
-        displacement=displacement.T.reshape(2, *grid_shape).astype(np.float32),
-        fixed_full_to_working=to_grid,
-        fixed_shape=tuple(first.fixed_shape),
-        moving_shape=tuple(second.moving_shape),
-    )
+        to_grid = _grid_matrix(first.fixed_shape, grid_shape)
+
+    def total(nodes):
+        return apply_matrix(inverse, second.fixed_to_moving(first.fixed_to_moving(nodes))) - nodes
+
+    nodes = _nodes(to_grid, grid_shape)
+    displacement = total(nodes).T.reshape(2, *grid_shape).astype(np.float32)
+    result = Transform(affine, displacement, to_grid, tuple(first.fixed_shape),
+                       tuple(second.moving_shape))  # fmt: skip
+    if not (first.has_fine or second.has_fine):
+        return result
+    if first.has_fine:
+        to_fine, fine_shape = np.asarray(first.fixed_full_to_fine), first.fine.shape[1:]
+    else:
+        factor = float(second.fixed_full_to_fine[0, 0])
+        fine_shape = tuple(max(2, int(round(n * factor))) for n in first.fixed_shape)
+        to_fine = _grid_matrix(first.fixed_shape, fine_shape)
+    nodes = _nodes(to_fine, fine_shape)
+    fine = total(nodes) - result.displacement_at(nodes)
+    return Transform(affine, displacement, to_grid, tuple(first.fixed_shape),
+                     tuple(second.moving_shape), fine.T.reshape(2, *fine_shape).astype(np.float32),
+                     to_fine)  # fmt: skip

@@ -145,14 +145,13 @@ def _linear_maps(transform: Transform, rows: slice, cols: slice, shape: tuple[in
     range of the field's window), so no pass over the block's coordinates is needed for it;
     the outside mask only for blocks whose bounds leave the image.
     """
-    separable = transform.separable_parts(rows, cols)
-    if separable is None:
+    parts = transform.separable_parts(rows, cols)
+    if parts is None:
         return None
-    parts, weights = separable
     bounds = []
-    for row_term, col_term, field in parts:
-        low = row_term.min() + col_term.min() + (field.min() if field is not None else 0.0)
-        high = row_term.max() + col_term.max() + (field.max() if field is not None else 0.0)
+    for row_term, col_term, fields in parts:
+        low = row_term.min() + col_term.min() + sum(f.min() for f, _, _ in fields)
+        high = row_term.max() + col_term.max() + sum(f.max() for f, _, _ in fields)
         if not (np.isfinite(low) and np.isfinite(high)):
             return None
         bounds.append((low, high))
@@ -164,17 +163,17 @@ def _linear_maps(transform: Transform, rows: slice, cols: slice, shape: tuple[in
     if max(r1 - r0, c1 - c0) * _QUANTUM >= 2**24:  # float32 would no longer be exact
         return None
     maps = []
-    for (row_term, col_term, field), origin in zip(parts, (r0, c0), strict=True):
+    for (row_term, col_term, fields), origin in zip(parts, (r0, c0), strict=True):
         # In quanta relative to the window (the origin, an integer, comes off the row term:
-        # exact in float64). The whole sum — field, row term and column term — is one
-        # product: [wy·F | r | 1] @ [wx | 1 | c]ᵀ, a single pass over the block.
+        # exact in float64). The whole sum — fields, row term and column term — is one
+        # product: [wy·F | … | r | 1] @ [wx | … | 1 | c]ᵀ, a single pass over the block.
         ones_r, ones_c = np.ones((row_term.size, 1)), np.ones((col_term.size, 1))
         row_q = (row_term * _QUANTUM - origin * _QUANTUM)[:, None]
         col_q = (col_term * _QUANTUM)[:, None]
         left, right = [row_q, ones_r], [ones_c, col_q]
-        if field is not None:
-            left.insert(0, weights[0] @ (field * _QUANTUM))
-            right.insert(0, weights[1])
+        for field, wy, wx in reversed(fields):
+            left.insert(0, wy @ (field * _QUANTUM))
+            right.insert(0, wx)
         position = np.hstack(left) @ np.hstack(right).T
         np.rint(position, out=position)
         quantised = np.empty(position.shape, np.float32)

@@ -1,0 +1,321 @@
+"""Full-resolution refinement, tile by tile: the fine component of a transform.
+
+The global stage and the flow work on one working image of about 1000 px: on a whole slide a
+working pixel is 16–25 µm, larger than a cell. This stage continues from the flow's transform
+at a finer resolution (``pixel_size_um``, 2 µm by default: nuclei are 5–10 µm across; capped
+by the image's own pixel size), over the tissue only, one tile at a time:
+
+1. the fixed tile is read from the pyramid level nearest that resolution, the moving image
+   resampled onto it through the current transform (only the region it needs is read);
+2. both are reduced to their registration channel and locally normalised (as the flow's
+   images), and ILK estimates the residual motion, regularised by confidence-weighted
+   smoothing with a forward–backward check (:func:`regflow.flow._regularised`);
+3. the tile's residual is *accepted* only where it makes the tile more alike (locally
+   normalised NCC up by ``min_gain``) and the tile corresponds at cell level after it (NCC at
+   least ``min_ncc``): consecutive sections, whose cells differ, and torn or lost tissue keep
+   the coarser field instead of receiving invented motion;
+4. every tile — accepted, rejected (a zero residual) or without tissue (zero, not computed) —
+   contributes to one field on a regular grid of nodes (every ``grid_step`` refinement
+   pixels) with weights that fall linearly to zero over the tiles' overlap, so the blended
+   field is continuous: no seam or step at tile borders.
+
+Memory: one tile per thread plus the node grid (a 16384² slide at 2 µm with 4-px nodes: 2048²
+nodes, 48 MiB); never a full-resolution plane.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .flow import _regularised, warp_by_displacement
+from .formats import ImageInfo, RegionReader, choose_level
+from .imageops import local_normalise
+from .metrics import ncc
+from .preprocess import registration_channel
+from .transform import Transform
+
+
+@dataclass
+class RefineSettings:
+    """The ``refine`` config section (see ``config/schemas/config.schema.yaml``)."""
+
+    enabled: bool = True
+    pixel_size_um: float = 2.0
+    levels: int = 3
+    tile: int = 512
+    overlap: int = 64
+    grid_step: int = 4
+    ilk_radius: int = 7
+    smoothing_sigma: float = 3.0
+    normalise_sigma: float = 12.0
+    consistency: float = 1.0
+    min_ncc: float = 0.5
+    min_gain: float = 0.0
+    min_tissue: float = 0.05
+
+    @classmethod
+    def from_config(cls, section: dict) -> RefineSettings:
+        known = {k: v for k, v in section.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class RefineResult:
+    """The refined transform and what the refinement did.
+
+    Attributes
+    ----------
+    transform : Transform
+        The input transform with its fine component (unchanged when nothing was accepted).
+    report : dict
+        Resolution, tile counts, acceptance, residual size, seconds (for refine.json).
+    accepted_map : ndarray, shape (tiles_y, tiles_x), int8
+        Per tile: 1 accepted, 0 rejected, -1 no tissue (not computed).
+    """
+
+    transform: Transform
+    report: dict
+    accepted_map: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int8))
+
+
+def refinement_level(
+    fixed_info: ImageInfo,
+    moving_info: ImageInfo,
+    working_downsample: float,
+    settings: RefineSettings,
+) -> tuple[int, float] | None:
+    """The fixed pyramid level the refinement works on and its downsample (full-resolution
+    pixels per refinement pixel), or None when that would not be finer than the working
+    image (nothing to add: a small image, or a working resolution already that fine).
+
+    With a physical pixel size the target is ``pixel_size_um`` (never finer than the image's
+    own); without one, ``levels`` halvings below the working resolution.
+    """
+    if fixed_info.pixel_size_um:
+        wanted = max(settings.pixel_size_um / fixed_info.pixel_size_um, 1.0)
+    else:
+        wanted = max(working_downsample / 2.0**settings.levels, 1.0)
+    level = choose_level(fixed_info, wanted)
+    height, width = fixed_info.level_shapes[level]
+    downsample = max(fixed_info.shape[0] / height, fixed_info.shape[1] / width)
+    if downsample > working_downsample / 1.5:  # not meaningfully finer than the working image
+        return None
+    return level, downsample
+
+
+def _ramp(n: int, overlap: int, low_edge: bool, high_edge: bool) -> np.ndarray:
+    """Blending weights along one side of a tile window: rising linearly from 0 over
+    ``overlap`` px at a side shared with a neighbour, 1 at an image border."""
+    index = np.arange(n, dtype=np.float64)
+    ramp = np.ones(n)
+    if overlap > 0:
+        if not low_edge:
+            ramp = np.minimum(ramp, (index + 0.5) / overlap)
+        if not high_edge:
+            ramp = np.minimum(ramp, (n - index - 0.5) / overlap)
+    return np.clip(ramp, 0.0, 1.0)
+
+
+class _Readers(threading.local):
+    """One region reader per thread and file (not every reader is thread-safe)."""
+
+    def __init__(self, fixed_path: str, fixed_level: int, moving_path: str, moving_level: int):
+        self.fixed = RegionReader(fixed_path, fixed_level)
+        self.moving = RegionReader(moving_path, moving_level)
+
+
+def refine_transform(
+    transform: Transform,
+    fixed_info: ImageInfo,
+    moving_info: ImageInfo,
+    channels: dict,
+    tissue: tuple[np.ndarray, np.ndarray],
+    working_downsample: float,
+    settings: RefineSettings,
+    threads: int = 1,
+) -> RefineResult:
+    """Add the fine component to ``transform`` (see the module docstring).
+
+    Parameters
+    ----------
+    channels : dict
+        ``{"fixed": (modality, channel), "moving": (modality, channel)}``: the registration
+        channel of each image (as resolved by the preprocessing).
+    tissue : (mask, fixed_full_to_working)
+        The fixed image's tissue mask at working resolution and its full → working matrix.
+    working_downsample : float
+        Fixed full-resolution pixels per working pixel.
+    """
+    start = time.perf_counter()
+    report = {"enabled": settings.enabled}
+    if not settings.enabled:
+        report["reason"] = "refinement disabled (refine.enabled: false)"
+        return RefineResult(transform.without_fine(), report)
+    chosen = refinement_level(fixed_info, moving_info, working_downsample, settings)
+    if chosen is None:
+        report["reason"] = (
+            f"the working image (1 px = {working_downsample:.2f} full-resolution px) is already "
+            "as fine as the refinement's resolution: nothing to add"
+        )
+        return RefineResult(transform.without_fine(), report)
+    level, down = chosen
+    height, width = fixed_info.level_shapes[level]
+    # moving full-resolution pixels per refinement pixel: the global part's scale
+    scale = float(np.sqrt(abs(np.linalg.det(transform.affine[:2, :2]))))
+    moving_level = choose_level(moving_info, down * scale * 1.05)  # a level within 5 %
+    m_height, m_width = moving_info.level_shapes[moving_level]
+    moving_down = max(moving_info.shape[0] / m_height, moving_info.shape[1] / m_width)
+
+    step, tile, overlap = settings.grid_step, settings.tile, settings.overlap
+    grid_shape = (-(-height // step), -(-width // step))
+    accumulated = np.zeros((2, *grid_shape), np.float64)
+    weights = np.zeros(grid_shape, np.float64)
+    lock = threading.Lock()
+    starts = [(r, c) for r in range(0, height, tile) for c in range(0, width, tile)]
+    tiles_y, tiles_x = -(-height // tile), -(-width // tile)
+    accepted_map = np.full((tiles_y, tiles_x), -1, np.int8)
+    mask, full_to_working = tissue
+    readers = _Readers(fixed_info.path, level, moving_info.path, moving_level)
+    gains, residuals = [], []
+
+    def tissue_fraction(r0, r1, c0, c1) -> float:
+        # the tile's share of tissue, from the working mask (full px → working px)
+        scale_y, scale_x = full_to_working[1, 1] * down, full_to_working[0, 0] * down
+        rows = slice(int(r0 * scale_y), max(int(r0 * scale_y) + 1, int(np.ceil(r1 * scale_y))))
+        cols = slice(int(c0 * scale_x), max(int(c0 * scale_x) + 1, int(np.ceil(c1 * scale_x))))
+        part = mask[rows, cols]
+        return float(part.mean()) if part.size else 0.0
+
+    def work(origin: tuple[int, int]) -> None:
+        r0, c0 = origin
+        r1, c1 = min(r0 + tile, height), min(c0 + tile, width)
+        wr0, wr1 = max(0, r0 - overlap), min(height, r1 + overlap)
+        wc0, wc1 = max(0, c0 - overlap), min(width, c1 + overlap)
+        index = (r0 // tile, c0 // tile)
+        residual = None
+        if tissue_fraction(r0, r1, c0, c1) >= settings.min_tissue:
+            residual, outcome = _tile_residual(
+                readers, transform, (wr0, wr1, wc0, wc1), down, moving_down, channels,
+                fixed_info, moving_info, settings,
+            )  # fmt: skip
+            accepted_map[index] = 1 if residual is not None else 0
+            if outcome is not None:
+                with lock:
+                    gains.append(outcome["gain"])
+                    if residual is not None:
+                        residuals.append(outcome["residual_px"])
+        # the nodes inside this window, in refinement px: node k sits at k·step
+        nr0, nr1 = -(-wr0 // step), -(-wr1 // step)
+        nc0, nc1 = -(-wc0 // step), -(-wc1 // step)
+        rows = np.arange(nr0, nr1) * step - wr0
+        cols = np.arange(nc0, nc1) * step - wc0
+        weight = np.outer(
+            _ramp(wr1 - wr0, overlap, wr0 == 0, wr1 == height)[rows],
+            _ramp(wc1 - wc0, overlap, wc0 == 0, wc1 == width)[cols],
+        )
+        with lock:
+            weights[nr0:nr1, nc0:nc1] += weight
+            if residual is not None:
+                # (d_row, d_col) in refinement px → (dx, dy) in fixed full-resolution px
+                values = residual[:, rows[:, None], cols[None, :]]
+                accumulated[0, nr0:nr1, nc0:nc1] += weight * values[1] * down
+                accumulated[1, nr0:nr1, nc0:nc1] += weight * values[0] * down
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        list(pool.map(work, starts))
+    fine = (accumulated / np.maximum(weights, 1e-12)).astype(np.float32)
+    # node k at refinement px k·step, i.e. full-resolution px (k·step + 0.5)·down − 0.5
+    to_node = 1.0 / (down * step)
+    fixed_full_to_fine = np.array([[to_node, 0.0, (0.5 - 0.5 * down) * to_node],
+                                   [0.0, to_node, (0.5 - 0.5 * down) * to_node],
+                                   [0.0, 0.0, 1.0]])  # fmt: skip
+    n_tissue = int((accepted_map >= 0).sum())
+    n_accepted = int((accepted_map == 1).sum())
+    refined = transform.without_fine()
+    if n_accepted:
+        refined = Transform(transform.affine, transform.displacement,
+                            transform.fixed_full_to_working, transform.fixed_shape,
+                            transform.moving_shape, fine, fixed_full_to_fine)  # fmt: skip
+    magnitude = np.hypot(*fine)
+    report |= {
+        "level": level,
+        "downsample": down,
+        "pixel_size_um": fixed_info.pixel_size_um * down if fixed_info.pixel_size_um else None,
+        "moving_level": moving_level,
+        "tile": tile,
+        "overlap": overlap,
+        "grid_step_px": step * down,
+        "grid_shape": list(grid_shape),
+        "tiles": len(starts),
+        "tiles_with_tissue": n_tissue,
+        "tiles_accepted": n_accepted,
+        "accepted_fraction": n_accepted / n_tissue if n_tissue else 0.0,
+        "median_gain": float(np.median(gains)) if gains else None,
+        "residual_median_px": float(np.median(residuals)) if residuals else 0.0,
+        "fine_max_px": float(magnitude.max()) if magnitude.size else 0.0,
+        "reason": (
+            f"{n_accepted} of {n_tissue} tissue tiles refined at level {level} "
+            f"({down:g}× the full resolution)"
+        ),
+        "seconds": time.perf_counter() - start,
+    }
+    return RefineResult(refined, report, accepted_map)
+
+
+def _signal(pixels: np.ndarray, info: ImageInfo, channel_spec) -> np.ndarray:
+    modality, channel = channel_spec
+    return registration_channel(pixels, modality, channel, info.rgb).astype(np.float32)
+
+
+def _tile_residual(readers, transform, window, down, moving_down, channels, fixed_info,
+                   moving_info, settings):  # fmt: skip
+    """The regularised residual ``(d_row, d_col)`` (refinement px) of one tile window, or
+    None when rejected; and the outcome (NCC gain, residual size) when it was estimated."""
+    import cv2
+
+    wr0, wr1, wc0, wc1 = window
+    fixed = _signal(readers.fixed.read(slice(wr0, wr1), slice(wc0, wc1)), fixed_info,
+                    channels["fixed"])  # fmt: skip
+    # full-resolution positions of the window's pixel centres (pixel-area convention)
+    rows = (np.arange(wr0, wr1) + 0.5) * down - 0.5
+    cols = (np.arange(wc0, wc1) + 0.5) * down - 0.5
+    coords = transform.moving_coordinates(rows, cols)
+    coords = (coords + 0.5) / moving_down - 0.5  # moving level px
+    level_shape = readers.moving.shape[1:]
+    r_lo = max(0, int(np.floor(coords[0].min())) - 2)
+    r_hi = min(level_shape[0], int(np.ceil(coords[0].max())) + 3)
+    c_lo = max(0, int(np.floor(coords[1].min())) - 2)
+    c_hi = min(level_shape[1], int(np.ceil(coords[1].max())) + 3)
+    if r_hi - r_lo < 8 or c_hi - c_lo < 8:
+        return None, None
+    region = _signal(readers.moving.read(slice(r_lo, r_hi), slice(c_lo, c_hi)), moving_info,
+                     channels["moving"])  # fmt: skip
+    map_y = (coords[0] - r_lo).astype(np.float32)
+    map_x = (coords[1] - c_lo).astype(np.float32)
+    moving = cv2.remap(region, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=np.nan)  # fmt: skip
+    footprint = np.isfinite(moving)
+    if footprint.mean() < 0.5:
+        return None, None
+    # outside the moving image's footprint the fixed image stands in (no motion read there)
+    moving = np.where(footprint, moving, fixed)
+    pair = [local_normalise(im, settings.normalise_sigma) for im in (fixed, moving)]
+    residual = _regularised(pair[0], pair[1], "ilk", settings.smoothing_sigma,
+                            settings.ilk_radius, settings.consistency,
+                            {"ilk_radius": settings.ilk_radius, "num_warp": 3})  # fmt: skip
+    # judged on the tile's own core where both images have pixels
+    core = footprint.copy()
+    before = ncc(pair[0], pair[1], core)
+    after = ncc(pair[0], warp_by_displacement(pair[1], residual), core)
+    size = float(np.median(np.hypot(*residual)))
+    outcome = {"gain": after - before, "residual_px": size}
+    if not (
+        np.isfinite(after) and after >= settings.min_ncc and after - before >= settings.min_gain
+    ):
+        return None, outcome
+    return residual, outcome
