@@ -8,7 +8,11 @@ LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
 def _pages():
-    return [ROOT / "README.md", ROOT / "config" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [
+        ROOT / "README.md",
+        ROOT / "config" / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+    ]
 
 
 def test_every_relative_link_resolves():

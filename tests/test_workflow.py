@@ -85,9 +85,19 @@ def test_flow_parameter_change_reruns_flow_and_downstream_only(cohort):
     jobs = planned_jobs(
         cohort, "--configfile", str(cohort / "config.yaml"), str(cohort / "changed.yaml")
     )
-    downstream = {"warp", "points", "annotations", "associated", "qc", "summary"}
+    downstream = {"refine", "warp", "points", "annotations", "associated", "qc", "summary"}
     assert set(jobs) == {"flow"} | downstream
     assert jobs["flow"] == 3 and jobs["annotations"] == 6 and jobs["associated"] == 1
+
+
+def test_refine_parameter_change_reruns_refine_and_downstream_only(cohort):
+    (cohort / "refine.yaml").write_text("refine:\n  min_ncc: 0.6\n")
+    jobs = planned_jobs(
+        cohort, "--configfile", str(cohort / "config.yaml"), str(cohort / "refine.yaml")
+    )
+    downstream = {"warp", "points", "annotations", "associated", "qc", "summary"}
+    assert set(jobs) == {"refine"} | downstream
+    assert jobs["refine"] == 3
 
 
 def test_lint_is_clean(cohort):
@@ -104,6 +114,7 @@ def test_editing_one_row_reruns_that_sample_only(cohort):
         "preprocess": 1,
         "rigid": 1,
         "flow": 1,
+        "refine": 1,
         "warp": 1,
         "points": 1,
         "annotations": 2,  # both directions
@@ -134,8 +145,8 @@ def test_editing_a_library_module_reruns_the_stages_that_import_it(cohort, tmp_p
     jobs = dry_run()
     assert "preprocess" not in jobs
     assert jobs["rigid"] == 3 and jobs["flow"] == 3
-    assert set(jobs) == {"rigid", "flow", "warp", "points", "annotations", "associated", "qc",
-                         "summary"}  # fmt: skip
+    assert set(jobs) == {"rigid", "flow", "refine", "warp", "points", "annotations",
+                         "associated", "qc", "summary"}  # fmt: skip
 
 
 def test_two_runs_give_identical_metrics_and_pixels(cohort):

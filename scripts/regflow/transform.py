@@ -353,6 +353,11 @@ def compose(first: Transform, second: Transform) -> Transform:
     affine = second.affine @ first.affine
     if not first.has_displacement and not second.has_displacement:
         return Transform.from_affine(affine, first.fixed_shape, second.moving_shape)
+    if not second.has_displacement:
+        # B A (p + u + r): the fields stay as they are, exactly (an associated image's scale)
+        return Transform(affine, first.displacement, first.fixed_full_to_working,
+                         tuple(first.fixed_shape), tuple(second.moving_shape), first.fine,
+                         first.fixed_full_to_fine)  # fmt: skip
     inverse = np.linalg.inv(affine)
     if first.has_coarse or not second.has_coarse:
         to_grid = np.asarray(first.fixed_full_to_working, np.float64)
