@@ -93,8 +93,9 @@ def test_the_installed_environment_is_the_locked_one():
     """What `make run` installed is what the lock says (a stale .venv shows here)."""
     from importlib import metadata
 
-    locked = _lock(PYTHON_311 | {"python_full_version": sys.version.split()[0],
-                                 "python_version": f"{sys.version_info[0]}.{sys.version_info[1]}"})  # fmt: skip
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    full = sys.version.split()[0]
+    locked = _lock(PYTHON_311 | {"python_full_version": full, "python_version": version})
     for name in ("numpy", "scipy", "scikit-image", "opencv-python-headless", "snakemake"):
         assert metadata.version(name) == locked[name], name
 

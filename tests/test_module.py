@@ -79,8 +79,9 @@ def test_snakedeploy_from_a_local_path(tmp_path, cohort):
     repository (``"Snakefile"``) as if it were a remote one, so that one line is pointed at
     the clone (what a user of a local clone does)."""
     dest = tmp_path / "deployed"
-    subprocess.run([str(Path(sys.executable).parent / "snakedeploy"), "deploy-workflow", str(ROOT), str(dest),
-                    "--branch", "main"], check=True, capture_output=True)  # fmt: skip
+    snakedeploy = str(Path(sys.executable).parent / "snakedeploy")
+    command = [snakedeploy, "deploy-workflow", str(ROOT), str(dest), "--branch", "main"]
+    subprocess.run(command, check=True, capture_output=True)
     assert (dest / "config" / "config.yaml").is_file()
     assert (dest / "config" / "schemas").is_dir()
     snakefile = dest / "workflow" / "Snakefile"

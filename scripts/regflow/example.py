@@ -682,6 +682,7 @@ def render_cell_moving(fixed: np.ndarray, warp: CellWarp) -> np.ndarray:
         source = warp.moving_to_fixed(points)
         map_x = source[:, 0].reshape(rows.shape).astype(np.float32)
         map_y = source[:, 1].reshape(rows.shape).astype(np.float32)
-        out[r0 : r0 + rows.shape[0]] = cv2.remap(fixed, map_x, map_y, cv2.INTER_LINEAR,
-                                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
+        out[r0 : r0 + rows.shape[0]] = cv2.remap(
+            fixed, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
     return out
