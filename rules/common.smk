@@ -355,6 +355,10 @@ def qc_inputs(wildcards):
         "flow": rules.flow.output.info.format(sample=wildcards.sample),
         "transform": rules.refine.output.transform.format(sample=wildcards.sample),
         "refine": rules.refine.output.info.format(sample=wildcards.sample),
+        # the full-resolution images and the reference's channel, for cell-level crops
+        "fixed_image": samples.loc[wildcards.sample, "reference_path"],
+        "moving_image": samples.loc[wildcards.sample, "moving"],
+        "anchor_info": rules.preprocess.output.info.format(sample=anchor),
     }
     if has_landmarks(wildcards.sample, "fixed") and has_landmarks(
         wildcards.sample, "moving"

@@ -4,6 +4,8 @@ import numpy as np
 from regflow.points import read_points
 from regflow.qc import (
     WorkingImage,
+    cell_views,
+    crop_centres,
     decide_status,
     landmark_errors,
     qc_figure,
@@ -54,8 +56,13 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         annotation_outlines = outlines(read_features(snakemake.input.annotations_warped)[1])
 
     diagonal = float(np.hypot(*transform.fixed_shape))
+    refine = read_json(snakemake.input.refine)
     status, reason = decide_status(
-        flow["accepted"], similarity["final"]["ncc"], settings["min_ncc"], flow["reason"]
+        flow["accepted"],
+        similarity["final"]["ncc"],
+        settings["min_ncc"],
+        flow["reason"],
+        refined=bool(refine.get("tiles_accepted")),
     )
     pixel_size = preprocess_info["moving"]["pixel_size_um"]
     translation = np.asarray(rigid["translation_px"])
@@ -118,6 +125,24 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         },
         "provenance": provenance(settings),
     }
+    metrics["refine"] = {k: v for k, v in refine.items() if k not in ("accepted_map", "provenance")}
+    metrics["seconds"]["refine"] = refine.get("seconds")
+    cells = acceptance = None
+    if refine.get("level") is not None:  # the refinement ran: cell-level views
+        reference = read_json(snakemake.input.anchor_info)["fixed"]
+        size_um = reference.get("pixel_size_um")
+        side = int(min(1024, round(150.0 / size_um))) if size_um else 256
+        centres = crop_centres(fixed.tissue_mask, fixed.full_to_working)
+        channels = {"fixed": (reference["modality"], reference["channel"]),
+                    "moving": (preprocess_info["moving"]["modality"],
+                               preprocess_info["moving"]["channel"])}  # fmt: skip
+        views = cell_views(snakemake.input.fixed_image, snakemake.input.moving_image,
+                           transform, channels, centres, side)  # fmt: skip
+        label = f"{side * size_um:.0f} µm" if size_um else f"{side} px"
+        title = "full resolution at ({:.0f}, {:.0f}), {}\nfixed magenta, final green"
+        cells = [(f, w, title.format(x, y, label))
+                 for (f, w), (x, y) in zip(views, centres, strict=True)]  # fmt: skip
+        acceptance = np.asarray(refine["accepted_map"], np.int8)
     write_json(snakemake.output.metrics, metrics)
     qc_figure(
         snakemake.output.figure,
@@ -130,6 +155,8 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         landmarks=mapped,
         fixed_landmarks=fixed_points,
         annotations=annotation_outlines,
+        cells=cells,
+        acceptance=acceptance,
     )
     for item in review["flags"]:
         log.warning("flag %s: %s", item["flag"], item["reason"])

@@ -47,6 +47,8 @@ def test_known_shift_gives_known_tre_per_stage():
 def test_status_rules():
     assert decide_status(True, 0.8, 0.05, "")[0] == "ok"
     assert decide_status(False, 0.8, 0.05, "refinement rejected")[0] == "rigid_only"
+    # the flow rejected, but the full-resolution refinement kept tiles: non-rigid after all
+    assert decide_status(False, 0.8, 0.05, "refinement rejected", refined=True)[0] == "ok"
     status, reason = decide_status(True, 0.01, 0.05, "")
     assert status == "failed" and "qc.min_ncc" in reason
 

@@ -10,6 +10,7 @@ masks.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,12 +99,21 @@ def regularise_two_scales(
                      for d, w in zip(displacement, wide, strict=True)])  # fmt: skip
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of a ``height × width`` grid, float32 (kept for reuse: the
+    flow warps images of the same few shapes many times)."""
+    rows, cols = np.mgrid[:height, :width].astype(np.float32)
+    rows.flags.writeable = cols.flags.writeable = False
+    return rows, cols
+
+
 def warp_by_displacement(image: np.ndarray, displacement: np.ndarray) -> np.ndarray:
     """Sample ``image`` at ``p + displacement(p)`` (bilinear, edge values continued outside;
     OpenCV, positions resolved to 1/32 px), float32."""
     import cv2
 
-    rows, cols = np.mgrid[: image.shape[0], : image.shape[1]].astype(np.float32)
+    rows, cols = _grid(image.shape[0], image.shape[1])
     return cv2.remap(np.ascontiguousarray(image, np.float32),
                      cols + displacement[1].astype(np.float32),
                      rows + displacement[0].astype(np.float32),

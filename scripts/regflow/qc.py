@@ -175,6 +175,8 @@ def landmark_errors(
         "rigid": transforms["rigid"].moving_to_fixed(moving_points),
         "final": np.asarray(warped_points[:n], np.float64),
     }
+    if transforms["final"].has_fine:  # the flow's (coarse) result, before the refinement
+        mapped["flow"] = transforms["final"].without_fine().moving_to_fixed(moving_points)
     given = np.isfinite(fixed_points).all(axis=1) & np.isfinite(moving_points).all(axis=1)
     summaries = {}
     for stage, points in mapped.items():
@@ -198,15 +200,20 @@ def landmark_errors(
 
 
 def decide_status(
-    flow_accepted: bool, ncc_final: float, min_ncc: float, flow_reason: str
+    flow_accepted: bool,
+    ncc_final: float,
+    min_ncc: float,
+    flow_reason: str,
+    refined: bool = False,
 ) -> tuple[str, str]:
-    """``ok``, ``rigid_only`` (refinement rejected) or ``failed`` (implausible final similarity)."""
+    """``ok``, ``rigid_only`` (no non-rigid refinement kept: the flow rejected and nothing
+    refined at full resolution) or ``failed`` (implausible final similarity)."""
     if not np.isfinite(ncc_final) or ncc_final < min_ncc:
         return "failed", (
             f"final NCC {ncc_final:.3f} on the tissue mask is below qc.min_ncc={min_ncc}: the "
             "images were probably not aligned; check channels, modalities and the QC figure"
         )
-    if not flow_accepted:
+    if not (flow_accepted or refined):
         return "rigid_only", flow_reason
     return "ok", ""
 
@@ -312,6 +319,8 @@ def qc_figure(
     landmarks: dict[str, np.ndarray] | None = None,
     fixed_landmarks: np.ndarray | None = None,
     annotations: list[np.ndarray] | None = None,
+    cells: list[tuple[np.ndarray, np.ndarray, str]] | None = None,
+    acceptance: np.ndarray | None = None,
 ) -> None:
     """Write the per-sample QC figure (≈1800 px wide PNG).
 
@@ -319,12 +328,30 @@ def qc_figure(
     transform and final, a final checkerboard, the deformation magnitude with arrows,
     landmarks with error vectors, and the metrics. ``annotations`` (outlines in fixed
     full-resolution pixels, e.g. the moving image's mapped GeoJSON) are drawn in yellow over
-    the fixed image and the final overlay.
+    the fixed image and the final overlay. With the full-resolution refinement, a third row:
+    ``cells``, full-resolution crops (fixed, final warped, title) as overlays — nuclei on
+    nuclei — and ``acceptance``, the refinement's tiles (1 accepted, 0 rejected, −1 no tissue).
     """
-    fig = plt.figure(figsize=(20, 8.8), dpi=90)
+    rows = 3 if (cells or acceptance is not None) else 2
+    fig = plt.figure(figsize=(20, 8.8 if rows == 2 else 13.2), dpi=90)
     grid = fig.add_gridspec(
-        2, 5, left=0.01, right=0.99, bottom=0.02, top=0.88, wspace=0.06, hspace=0.22
-    )
+        rows, 5, left=0.01, right=0.99, bottom=0.02, top=0.88 if rows == 2 else 0.92,
+        wspace=0.06, hspace=0.22,
+    )  # fmt: skip
+    for index, (fixed_crop, warped_crop, title) in enumerate((cells or [])[:4]):
+        ax = fig.add_subplot(grid[2, index])
+        _show(ax, _composite(fixed_crop, warped_crop), title)
+    if acceptance is not None and acceptance.size:
+        from matplotlib.colors import ListedColormap
+
+        ax = fig.add_subplot(grid[2, 4])
+        ax.imshow(acceptance, cmap=ListedColormap(["#dddddd", "#cf222e", "#1a7f37"]),
+                  vmin=-1, vmax=1, interpolation="nearest")  # fmt: skip
+        accepted = int((acceptance == 1).sum())
+        ax.set_title(f"refinement: {accepted} of {int((acceptance >= 0).sum())} tissue tiles "
+                     "accepted\n(green; red rejected, grey no tissue)", fontsize=11)  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
     axes = np.empty((2, 5), dtype=object)
     for row in range(2):
         for col in range(5 if row == 0 else 3):
@@ -365,8 +392,10 @@ def qc_figure(
         "gray",
     )
 
-    # Deformation: magnitude of the non-rigid part, in full-resolution pixels.
-    magnitude = np.hypot(*transform.displacement)
+    # Deformation: magnitude of the non-rigid part, in full-resolution pixels (the fine
+    # component's when the full-resolution refinement added one: the finer detail).
+    field = transform.fine if transform.has_fine else transform.displacement
+    magnitude = np.hypot(*field)
     image = axes[1, 1].imshow(magnitude, cmap="viridis")
     colour_axis = axes[1, 1].inset_axes([0.03, 0.04, 0.4, 0.04])
     colourbar = fig.colorbar(image, cax=colour_axis, orientation="horizontal")
@@ -377,16 +406,15 @@ def qc_figure(
         axes[1, 1].quiver(
             xx,
             yy,
-            transform.displacement[0][::step, ::step],
-            transform.displacement[1][::step, ::step],
+            field[0][::step, ::step],
+            field[1][::step, ::step],
             color="white",
             scale_units="xy",
             angles="xy",
             width=0.004,
         )
-    axes[1, 1].set_title(
-        f"non-rigid displacement, full-res px (max {magnitude.max():.1f})", fontsize=11
-    )
+    kind = "fine component (refinement)" if transform.has_fine else "non-rigid displacement"
+    axes[1, 1].set_title(f"{kind}, full-res px (max {magnitude.max():.1f})", fontsize=11)
     axes[1, 1].set_xticks([])
     axes[1, 1].set_yticks([])
 
@@ -723,6 +751,58 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows = np.minimum((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0], mask.shape[0] - 1)
     cols = np.minimum((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1], mask.shape[1] - 1)
     return mask[rows.astype(int)[:, None], cols.astype(int)[None, :]]
+
+
+def crop_centres(mask: np.ndarray, full_to_working: np.ndarray, n: int = 3) -> np.ndarray:
+    """``n`` fixed full-resolution positions ``(n, 2)`` spread over the tissue: the tissue
+    pixel nearest each of the centres of the tissue's thirds along its longer axis."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        rows, cols = np.nonzero(np.ones_like(mask))
+    along = cols if np.ptp(cols) >= np.ptp(rows) else rows
+    order = np.argsort(along, kind="stable")
+    picks = [order[int((k + 0.5) * len(order) / n)] for k in range(n)]
+    working = np.stack([cols[picks], rows[picks]], axis=1).astype(np.float64)
+    return apply_matrix(np.linalg.inv(full_to_working), working)
+
+
+def cell_views(
+    fixed_path: str,
+    moving_path: str,
+    transform: Transform,
+    channels: dict,
+    centres: np.ndarray,
+    side: int,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Full-resolution crops ``side`` px square around fixed ``centres``: the fixed image's
+    registration channel and the moving one's through ``transform`` (read region by region,
+    as the warp does), each scaled to [0, 1] by its own 1st–99.5th percentiles."""
+    from .formats import RegionReader
+    from .preprocess import registration_channel
+    from .warp import warp_tile
+
+    out = []
+    with RegionReader(fixed_path) as fixed, RegionReader(moving_path) as moving:
+        height, width = fixed.shape[1:]
+        for x, y in centres:
+            r0 = int(np.clip(round(y) - side // 2, 0, max(0, height - side)))
+            c0 = int(np.clip(round(x) - side // 2, 0, max(0, width - side)))
+            rows, cols = slice(r0, min(height, r0 + side)), slice(c0, min(width, c0 + side))
+            pair = []
+            for role, pixels in (
+                ("fixed", fixed.read(rows, cols)),
+                (
+                    "moving",
+                    warp_tile(moving, transform, rows, cols, np.zeros(moving.shape[0])),
+                ),  # fmt: skip
+            ):
+                modality, channel = channels[role]
+                reader = fixed if role == "fixed" else moving
+                signal = registration_channel(pixels, modality, channel, reader.info.rgb)
+                low, high = np.percentile(signal, [1, 99.5])
+                pair.append(np.clip((signal - low) / max(high - low, 1e-6), 0, 1))
+            out.append((pair[0], pair[1]))
+    return out
 
 
 def review_registration(

@@ -25,9 +25,8 @@ nodes, 48 MiB); never a full-resolution plane.
 
 from __future__ import annotations
 
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,11 +47,12 @@ class RefineSettings:
     pixel_size_um: float = 2.0
     levels: int = 3
     tile: int = 512
-    overlap: int = 64
+    overlap: int = 32
     grid_step: int = 4
     ilk_radius: int = 7
+    num_warp: int = 2
     smoothing_sigma: float = 3.0
-    normalise_sigma: float = 12.0
+    normalise_sigma: float = 8.0
     consistency: float = 1.0
     min_ncc: float = 0.5
     min_gain: float = 0.0
@@ -121,12 +121,81 @@ def _ramp(n: int, overlap: int, low_edge: bool, high_edge: bool) -> np.ndarray:
     return np.clip(ramp, 0.0, 1.0)
 
 
-class _Readers(threading.local):
-    """One region reader per thread and file (not every reader is thread-safe)."""
+@dataclass
+class _Job:
+    """Everything a tile needs, shared by the workers (inherited on fork, never pickled)."""
 
-    def __init__(self, fixed_path: str, fixed_level: int, moving_path: str, moving_level: int):
-        self.fixed = RegionReader(fixed_path, fixed_level)
-        self.moving = RegionReader(moving_path, moving_level)
+    transform: Transform
+    fixed_info: ImageInfo
+    moving_info: ImageInfo
+    level: int
+    moving_level: int
+    down: float
+    moving_down: float
+    channels: dict
+    settings: RefineSettings
+    shape: tuple[int, int]
+    mask: np.ndarray
+    full_to_working: np.ndarray
+    readers: tuple | None = None
+
+    def open(self) -> None:
+        if self.readers is None:
+            self.readers = (RegionReader(self.fixed_info.path, self.level),
+                            RegionReader(self.moving_info.path, self.moving_level))  # fmt: skip
+
+    def tissue_fraction(self, r0: int, r1: int, c0: int, c1: int) -> float:
+        """The tile's share of tissue, from the working mask (refinement px → working px)."""
+        scale_y = self.full_to_working[1, 1] * self.down
+        scale_x = self.full_to_working[0, 0] * self.down
+        rows = slice(int(r0 * scale_y), max(int(r0 * scale_y) + 1, int(np.ceil(r1 * scale_y))))
+        cols = slice(int(c0 * scale_x), max(int(c0 * scale_x) + 1, int(np.ceil(c1 * scale_x))))
+        part = self.mask[rows, cols]
+        return float(part.mean()) if part.size else 0.0
+
+
+_JOB: _Job | None = None  # the job of this (worker) process
+
+
+def _start_worker() -> None:
+    # the parent's readers (file handles, caches) are not shared: each worker opens its own
+    # (and no OpenCV thread setting here: changing it in a forked child waits forever)
+    _JOB.readers = None
+    _JOB.open()
+
+
+def _tile(origin: tuple[int, int]) -> dict:
+    """One tile: its window's node block, the blending weights there, and the residual at
+    the nodes in fixed full-resolution px ``(dx, dy)`` — None when rejected or without
+    tissue — with the outcome (NCC gain, residual size) when it was estimated."""
+    job = _JOB
+    height, width = job.shape
+    settings = job.settings
+    tile, overlap, step = settings.tile, settings.overlap, settings.grid_step
+    r0, c0 = origin
+    r1, c1 = min(r0 + tile, height), min(c0 + tile, width)
+    wr0, wr1 = max(0, r0 - overlap), min(height, r1 + overlap)
+    wc0, wc1 = max(0, c0 - overlap), min(width, c1 + overlap)
+    nr0, nr1 = -(-wr0 // step), -(-wr1 // step)
+    nc0, nc1 = -(-wc0 // step), -(-wc1 // step)
+    rows = np.arange(nr0, nr1) * step - wr0
+    cols = np.arange(nc0, nc1) * step - wc0
+    weight = np.outer(
+        _ramp(wr1 - wr0, overlap, wr0 == 0, wr1 == height)[rows],
+        _ramp(wc1 - wc0, overlap, wc0 == 0, wc1 == width)[cols],
+    )
+    out = {"origin": origin, "nodes": (nr0, nr1, nc0, nc1), "weight": weight, "values": None,
+           "state": -1, "outcome": None}  # fmt: skip
+    if job.tissue_fraction(r0, r1, c0, c1) < settings.min_tissue:
+        return out
+    job.open()
+    residual, outcome = _tile_residual(job, (wr0, wr1, wc0, wc1))
+    out["outcome"], out["state"] = outcome, 0
+    if residual is not None:
+        # (d_row, d_col) in refinement px → (dx, dy) in fixed full-resolution px
+        values = residual[:, rows[:, None], cols[None, :]] * job.down
+        out["values"], out["state"] = values[::-1].astype(np.float32), 1
+    return out
 
 
 def refine_transform(
@@ -150,7 +219,11 @@ def refine_transform(
         The fixed image's tissue mask at working resolution and its full → working matrix.
     working_downsample : float
         Fixed full-resolution pixels per working pixel.
+    threads : int
+        Tiles run in this many worker processes (forked: the tiles' many small array
+        operations hold Python's lock too often for threads to scale); 1 runs them here.
     """
+    global _JOB
     start = time.perf_counter()
     report = {"enabled": settings.enabled}
     if not settings.enabled:
@@ -170,70 +243,49 @@ def refine_transform(
     moving_level = choose_level(moving_info, down * scale * 1.05)  # a level within 5 %
     m_height, m_width = moving_info.level_shapes[moving_level]
     moving_down = max(moving_info.shape[0] / m_height, moving_info.shape[1] / m_width)
+    mask, full_to_working = tissue
+    _JOB = _Job(transform, fixed_info, moving_info, level, moving_level, down, moving_down,
+                channels, settings, (height, width), mask, full_to_working)  # fmt: skip
 
-    step, tile, overlap = settings.grid_step, settings.tile, settings.overlap
+    step, tile = settings.grid_step, settings.tile
     grid_shape = (-(-height // step), -(-width // step))
     accumulated = np.zeros((2, *grid_shape), np.float64)
     weights = np.zeros(grid_shape, np.float64)
-    lock = threading.Lock()
     starts = [(r, c) for r in range(0, height, tile) for c in range(0, width, tile)]
-    tiles_y, tiles_x = -(-height // tile), -(-width // tile)
-    accepted_map = np.full((tiles_y, tiles_x), -1, np.int8)
-    mask, full_to_working = tissue
-    readers = _Readers(fixed_info.path, level, moving_info.path, moving_level)
+    accepted_map = np.full((-(-height // tile), -(-width // tile)), -1, np.int8)
     gains, residuals = [], []
 
-    def tissue_fraction(r0, r1, c0, c1) -> float:
-        # the tile's share of tissue, from the working mask (full px → working px)
-        scale_y, scale_x = full_to_working[1, 1] * down, full_to_working[0, 0] * down
-        rows = slice(int(r0 * scale_y), max(int(r0 * scale_y) + 1, int(np.ceil(r1 * scale_y))))
-        cols = slice(int(c0 * scale_x), max(int(c0 * scale_x) + 1, int(np.ceil(c1 * scale_x))))
-        part = mask[rows, cols]
-        return float(part.mean()) if part.size else 0.0
+    def collect(result: dict) -> None:
+        nr0, nr1, nc0, nc1 = result["nodes"]
+        weights[nr0:nr1, nc0:nc1] += result["weight"]
+        if result["values"] is not None:
+            accumulated[:, nr0:nr1, nc0:nc1] += result["weight"] * result["values"]
+        r0, c0 = result["origin"]
+        accepted_map[r0 // tile, c0 // tile] = result["state"]
+        if result["outcome"] is not None:
+            gains.append(result["outcome"]["gain"])
+            if result["values"] is not None:
+                residuals.append(result["outcome"]["residual_px"])
 
-    def work(origin: tuple[int, int]) -> None:
-        r0, c0 = origin
-        r1, c1 = min(r0 + tile, height), min(c0 + tile, width)
-        wr0, wr1 = max(0, r0 - overlap), min(height, r1 + overlap)
-        wc0, wc1 = max(0, c0 - overlap), min(width, c1 + overlap)
-        index = (r0 // tile, c0 // tile)
-        residual = None
-        if tissue_fraction(r0, r1, c0, c1) >= settings.min_tissue:
-            residual, outcome = _tile_residual(
-                readers, transform, (wr0, wr1, wc0, wc1), down, moving_down, channels,
-                fixed_info, moving_info, settings,
-            )  # fmt: skip
-            accepted_map[index] = 1 if residual is not None else 0
-            if outcome is not None:
-                with lock:
-                    gains.append(outcome["gain"])
-                    if residual is not None:
-                        residuals.append(outcome["residual_px"])
-        # the nodes inside this window, in refinement px: node k sits at k·step
-        nr0, nr1 = -(-wr0 // step), -(-wr1 // step)
-        nc0, nc1 = -(-wc0 // step), -(-wc1 // step)
-        rows = np.arange(nr0, nr1) * step - wr0
-        cols = np.arange(nc0, nc1) * step - wc0
-        weight = np.outer(
-            _ramp(wr1 - wr0, overlap, wr0 == 0, wr1 == height)[rows],
-            _ramp(wc1 - wc0, overlap, wc0 == 0, wc1 == width)[cols],
-        )
-        with lock:
-            weights[nr0:nr1, nc0:nc1] += weight
-            if residual is not None:
-                # (d_row, d_col) in refinement px → (dx, dy) in fixed full-resolution px
-                values = residual[:, rows[:, None], cols[None, :]]
-                accumulated[0, nr0:nr1, nc0:nc1] += weight * values[1] * down
-                accumulated[1, nr0:nr1, nc0:nc1] += weight * values[0] * down
+    try:
+        if threads <= 1:
+            for origin in starts:
+                collect(_tile(origin))
+        else:
+            import multiprocessing
 
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        list(pool.map(work, starts))
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(threads, mp_context=context,
+                                     initializer=_start_worker) as pool:  # fmt: skip
+                for result in pool.map(_tile, starts, chunksize=2):
+                    collect(result)
+    finally:
+        _JOB = None
     fine = (accumulated / np.maximum(weights, 1e-12)).astype(np.float32)
     # node k at refinement px k·step, i.e. full-resolution px (k·step + 0.5)·down − 0.5
     to_node = 1.0 / (down * step)
-    fixed_full_to_fine = np.array([[to_node, 0.0, (0.5 - 0.5 * down) * to_node],
-                                   [0.0, to_node, (0.5 - 0.5 * down) * to_node],
-                                   [0.0, 0.0, 1.0]])  # fmt: skip
+    offset = (0.5 - 0.5 * down) * to_node
+    fixed_full_to_fine = np.array([[to_node, 0.0, offset], [0.0, to_node, offset], [0, 0, 1.0]])
     n_tissue = int((accepted_map >= 0).sum())
     n_accepted = int((accepted_map == 1).sum())
     refined = transform.without_fine()
@@ -248,7 +300,7 @@ def refine_transform(
         "pixel_size_um": fixed_info.pixel_size_um * down if fixed_info.pixel_size_um else None,
         "moving_level": moving_level,
         "tile": tile,
-        "overlap": overlap,
+        "overlap": settings.overlap,
         "grid_step_px": step * down,
         "grid_shape": list(grid_shape),
         "tiles": len(starts),
@@ -268,32 +320,38 @@ def refine_transform(
 
 
 def _signal(pixels: np.ndarray, info: ImageInfo, channel_spec) -> np.ndarray:
+    """The registration channel of a tile, float32. Fluorescence as it is (the local
+    normalisation that follows removes offset and gain; a percentile pass per tile would cost
+    a tenth of the tile's time), brightfield as optical density of its stain."""
     modality, channel = channel_spec
+    if modality == "fluorescence" and not isinstance(channel, str):
+        return pixels[int(channel)].astype(np.float32)
     return registration_channel(pixels, modality, channel, info.rgb).astype(np.float32)
 
 
-def _tile_residual(readers, transform, window, down, moving_down, channels, fixed_info,
-                   moving_info, settings):  # fmt: skip
+def _tile_residual(job: _Job, window: tuple[int, int, int, int]):
     """The regularised residual ``(d_row, d_col)`` (refinement px) of one tile window, or
     None when rejected; and the outcome (NCC gain, residual size) when it was estimated."""
     import cv2
 
+    readers, transform, down, moving_down = job.readers, job.transform, job.down, job.moving_down
+    settings, channels = job.settings, job.channels
     wr0, wr1, wc0, wc1 = window
-    fixed = _signal(readers.fixed.read(slice(wr0, wr1), slice(wc0, wc1)), fixed_info,
+    fixed = _signal(readers[0].read(slice(wr0, wr1), slice(wc0, wc1)), job.fixed_info,
                     channels["fixed"])  # fmt: skip
     # full-resolution positions of the window's pixel centres (pixel-area convention)
     rows = (np.arange(wr0, wr1) + 0.5) * down - 0.5
     cols = (np.arange(wc0, wc1) + 0.5) * down - 0.5
     coords = transform.moving_coordinates(rows, cols)
     coords = (coords + 0.5) / moving_down - 0.5  # moving level px
-    level_shape = readers.moving.shape[1:]
+    level_shape = readers[1].shape[1:]
     r_lo = max(0, int(np.floor(coords[0].min())) - 2)
     r_hi = min(level_shape[0], int(np.ceil(coords[0].max())) + 3)
     c_lo = max(0, int(np.floor(coords[1].min())) - 2)
     c_hi = min(level_shape[1], int(np.ceil(coords[1].max())) + 3)
     if r_hi - r_lo < 8 or c_hi - c_lo < 8:
         return None, None
-    region = _signal(readers.moving.read(slice(r_lo, r_hi), slice(c_lo, c_hi)), moving_info,
+    region = _signal(readers[1].read(slice(r_lo, r_hi), slice(c_lo, c_hi)), job.moving_info,
                      channels["moving"])  # fmt: skip
     map_y = (coords[0] - r_lo).astype(np.float32)
     map_x = (coords[1] - c_lo).astype(np.float32)
@@ -305,14 +363,14 @@ def _tile_residual(readers, transform, window, down, moving_down, channels, fixe
     # outside the moving image's footprint the fixed image stands in (no motion read there)
     moving = np.where(footprint, moving, fixed)
     pair = [local_normalise(im, settings.normalise_sigma) for im in (fixed, moving)]
+    solver = {"ilk_radius": settings.ilk_radius, "num_warp": settings.num_warp}
     residual = _regularised(pair[0], pair[1], "ilk", settings.smoothing_sigma,
-                            settings.ilk_radius, settings.consistency,
-                            {"ilk_radius": settings.ilk_radius, "num_warp": 3})  # fmt: skip
+                            settings.ilk_radius, settings.consistency, solver)  # fmt: skip
     # judged on the tile's own core where both images have pixels
     core = footprint.copy()
     before = ncc(pair[0], pair[1], core)
     after = ncc(pair[0], warp_by_displacement(pair[1], residual), core)
-    size = float(np.median(np.hypot(*residual)))
+    size = float(np.median(np.hypot(*residual[:, ::4, ::4])))
     outcome = {"gain": after - before, "residual_px": size}
     if not (
         np.isfinite(after) and after >= settings.min_ncc and after - before >= settings.min_gain
