@@ -57,6 +57,8 @@ class RefineSettings:
     min_ncc: float = 0.5
     min_gain: float = 0.0
     min_tissue: float = 0.05
+    probe_tiles: int = 8
+    min_residual_px: float = 0.15
 
     @classmethod
     def from_config(cls, section: dict) -> RefineSettings:
@@ -267,18 +269,48 @@ def refine_transform(
             if result["values"] is not None:
                 residuals.append(result["outcome"]["residual_px"])
 
+    # A probe first: a few tissue tiles spread over the slide. When none of them is accepted
+    # (the images do not correspond at cell level) or their residual is negligible (the flow
+    # already aligned the cells), the rest is not computed: nothing to add, at little cost.
+    def has_tissue(origin):
+        r0, c0 = origin
+        fraction = _JOB.tissue_fraction(r0, min(r0 + tile, height), c0, min(c0 + tile, width))
+        return fraction >= settings.min_tissue
+
+    tissue_tiles = [origin for origin in starts if has_tissue(origin)]
+    n_probe = min(settings.probe_tiles, len(tissue_tiles))
+    probes = [tissue_tiles[int((k + 0.5) * len(tissue_tiles) / n_probe)] for k in range(n_probe)]
+    probes = list(dict.fromkeys(probes)) if settings.probe_tiles > 0 else []
+    rest = [o for o in starts if o not in set(probes)]
+    stopped = None
     try:
-        if threads <= 1:
-            for origin in starts:
-                collect(_tile(origin))
-        else:
+        pool = None
+        if threads > 1:
             import multiprocessing
 
             context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(threads, mp_context=context,
-                                     initializer=_start_worker) as pool:  # fmt: skip
-                for result in pool.map(_tile, starts, chunksize=2):
-                    collect(result)
+            pool = ProcessPoolExecutor(threads, mp_context=context, initializer=_start_worker)
+
+        def run(origins):
+            if pool is None:
+                return map(_tile, origins)
+            return pool.map(_tile, origins, chunksize=2)
+
+        for result in run(probes):
+            collect(result)
+        if probes:
+            accepted = list(residuals)
+            if not accepted:
+                stopped = f"none of the {len(probes)} probe tiles corresponds at cell level"
+            elif float(np.median(accepted)) < settings.min_residual_px:
+                stopped = (f"the {len(probes)} probe tiles' median residual "
+                           f"{float(np.median(accepted)):.3f} px is below "
+                           f"refine.min_residual_px={settings.min_residual_px}")  # fmt: skip
+        if stopped is None:
+            for result in run(rest):
+                collect(result)
+        if pool is not None:
+            pool.shutdown()
     finally:
         _JOB = None
     fine = (accumulated / np.maximum(weights, 1e-12)).astype(np.float32)
@@ -286,6 +318,9 @@ def refine_transform(
     to_node = 1.0 / (down * step)
     offset = (0.5 - 0.5 * down) * to_node
     fixed_full_to_fine = np.array([[to_node, 0.0, offset], [0.0, to_node, offset], [0, 0, 1.0]])
+    if stopped:  # the tissue tiles were not refined: rejected as a whole
+        for r0, c0 in tissue_tiles:
+            accepted_map[r0 // tile, c0 // tile] = 0
     n_tissue = int((accepted_map >= 0).sum())
     n_accepted = int((accepted_map == 1).sum())
     refined = transform.without_fine()
@@ -310,8 +345,12 @@ def refine_transform(
         "median_gain": float(np.median(gains)) if gains else None,
         "residual_median_px": float(np.median(residuals)) if residuals else 0.0,
         "fine_max_px": float(magnitude.max()) if magnitude.size else 0.0,
+        "probe_tiles": len(probes),
+        "stopped_after_probe": stopped,
         "reason": (
-            f"{n_accepted} of {n_tissue} tissue tiles refined at level {level} "
+            f"nothing to add: {stopped}; the flow's transform is kept"
+            if stopped
+            else f"{n_accepted} of {n_tissue} tissue tiles refined at level {level} "
             f"({down:g}× the full resolution)"
         ),
         "seconds": time.perf_counter() - start,
