@@ -158,6 +158,9 @@ def main() -> None:
     parser.add_argument(
         "--elastic", type=float, default=24.0, help="largest non-rigid displacement (px)"
     )
+    parser.add_argument(
+        "--no-refine", dest="refine", action="store_false", help="refine.enabled: false"
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -178,7 +181,8 @@ def main() -> None:
                               args.elastic))  # fmt: skip
         del channels, two
     pd.DataFrame(rows).to_csv(args.workdir / "samples.tsv", sep="\t", index=False)
-    (args.workdir / "config.yaml").write_text("samples: samples.tsv\noutdir: out\n")
+    extra = "" if args.refine else "refine:\n  enabled: false\n"
+    (args.workdir / "config.yaml").write_text(f"samples: samples.tsv\noutdir: out\n{extra}")
 
     seconds, peak_gib = run_workflow(args.workdir)
     print(

@@ -35,7 +35,6 @@ from .flow import _regularised, warp_by_displacement
 from .formats import ImageInfo, RegionReader, choose_level
 from .imageops import local_normalise
 from .metrics import ncc
-from .preprocess import registration_channel
 from .transform import Transform
 
 
@@ -57,7 +56,7 @@ class RefineSettings:
     min_ncc: float = 0.5
     min_gain: float = 0.0
     min_tissue: float = 0.05
-    probe_tiles: int = 8
+    probe_tiles: int = 4
     min_residual_px: float = 0.15
 
     @classmethod
@@ -281,33 +280,43 @@ def refine_transform(
     n_probe = min(settings.probe_tiles, len(tissue_tiles))
     probes = [tissue_tiles[int((k + 0.5) * len(tissue_tiles) / n_probe)] for k in range(n_probe)]
     probes = list(dict.fromkeys(probes)) if settings.probe_tiles > 0 else []
-    rest = [o for o in starts if o not in set(probes)]
+    job = _JOB
     stopped = None
     try:
         pool = None
-        if threads > 1:
-            import multiprocessing
-
-            context = multiprocessing.get_context("fork")
-            pool = ProcessPoolExecutor(threads, mp_context=context, initializer=_start_worker)
 
         def run(origins):
             if pool is None:
                 return map(_tile, origins)
             return pool.map(_tile, origins, chunksize=2)
 
-        for result in run(probes):
-            collect(result)
+        # the probe: the central half of each probe tile, here (a few small windows do not
+        # pay for starting workers); only for the decision, never blended into the field
+        job.open()
+        quarter, outcomes = tile // 4, []
+        for r0, c0 in probes:
+            window = (r0 + quarter, min(height, r0 + 3 * quarter),
+                      c0 + quarter, min(width, c0 + 3 * quarter))  # fmt: skip
+            if window[1] - window[0] >= 32 and window[3] - window[2] >= 32:
+                outcomes.append(_tile_residual(job, window))
         if probes:
-            accepted = list(residuals)
+            accepted = [o["residual_px"] for r, o in outcomes if r is not None]
+            gains += [o["gain"] for _, o in outcomes if o is not None]
             if not accepted:
                 stopped = f"none of the {len(probes)} probe tiles corresponds at cell level"
             elif float(np.median(accepted)) < settings.min_residual_px:
                 stopped = (f"the {len(probes)} probe tiles' median residual "
                            f"{float(np.median(accepted)):.3f} px is below "
                            f"refine.min_residual_px={settings.min_residual_px}")  # fmt: skip
+            if stopped:
+                residuals.clear()
         if stopped is None:
-            for result in run(rest):
+            if threads > 1 and len(starts) > threads:
+                import multiprocessing
+
+                context = multiprocessing.get_context("fork")
+                pool = ProcessPoolExecutor(threads, mp_context=context, initializer=_start_worker)
+            for result in run(starts):
                 collect(result)
         if pool is not None:
             pool.shutdown()
@@ -365,6 +374,8 @@ def _signal(pixels: np.ndarray, info: ImageInfo, channel_spec) -> np.ndarray:
     modality, channel = channel_spec
     if modality == "fluorescence" and not isinstance(channel, str):
         return pixels[int(channel)].astype(np.float32)
+    from .preprocess import registration_channel  # scikit-image: only for brightfield
+
     return registration_channel(pixels, modality, channel, info.rgb).astype(np.float32)
 
 
