@@ -662,16 +662,32 @@ def trusted_scale_change(max_scale_change: float, pixel_sizes_known: bool) -> fl
     return max(max_scale_change, UNKNOWN_PIXEL_SIZE_SCALE_CHANGE)
 
 
+def _look(level, contrast: tuple, matrix: np.ndarray, evaluations: int, samples: int):
+    """A pose (working-resolution ``matrix``) refined as a similarity on ``level``'s
+    ``contrast`` images, and its structure there (local NCC on the tissue): one verification.
+
+    Returns
+    -------
+    matrix : ndarray
+        The refined pose, in ``level``'s pixels.
+    structure : float
+    """
+    level_fixed, level_moving = contrast
+    start = level.from_working(matrix)
+    region = _union_region(level.fixed_mask, level.moving_mask, start)
+    refined = refine(level_fixed, level_moving, region, start, "similarity",
+                     max_evaluations=evaluations, max_samples=samples)  # fmt: skip
+    structure = _masked_ncc(level_fixed, level_moving, level.fixed_mask, level.moving_mask,
+                            refined)  # fmt: skip
+    return refined, structure
+
+
 def _fine_structure(candidate: dict, fine, fine_fixed, fine_moving) -> float:
     """The candidate's structure (local NCC) one level finer than its verification, after a
     quick similarity refinement there: a second, finer look at the same pose."""
     if "structure_fine" not in candidate:
-        start = fine.from_working(candidate["verified"])
-        region = _union_region(fine.fixed_mask, fine.moving_mask, start)
-        matrix = refine(fine_fixed, fine_moving, region, start, "similarity",
-                        max_evaluations=150, max_samples=10_000)  # fmt: skip
-        candidate["structure_fine"] = _masked_ncc(fine_fixed, fine_moving, fine.fixed_mask,
-                                                  fine.moving_mask, matrix)  # fmt: skip
+        _, candidate["structure_fine"] = _look(fine, (fine_fixed, fine_moving),
+                                               candidate["verified"], 150, 10_000)  # fmt: skip
     return candidate["structure_fine"]
 
 
@@ -830,15 +846,11 @@ def register_rigid(
     # refinement one level finer, and rank them on structure (locally normalised NCC, what
     # the final refinement maximises): the tissue outline, which the coarse score leans on,
     # differs between distant sections and where tissue is torn.
-    middle_fixed, middle_moving = middle.contrast(local_contrast)
+    middle_contrast = middle.contrast(local_contrast)
 
     def verify(candidate: dict) -> None:
-        start = middle.from_working(candidate["matrix"])
-        region = _union_region(middle.fixed_mask, middle.moving_mask, start)
-        matrix = refine(middle_fixed, middle_moving, region, start, "similarity",
-                        max_evaluations=120, max_samples=5_000)  # fmt: skip
-        candidate["structure"] = _masked_ncc(middle_fixed, middle_moving, middle.fixed_mask,
-                                             middle.moving_mask, matrix)  # fmt: skip
+        matrix, candidate["structure"] = _look(middle, middle_contrast, candidate["matrix"],
+                                               120, 5_000)  # fmt: skip
         candidate["ncc"] = middle.score(matrix)
         candidate["verified"] = middle.to_working(matrix)
 
