@@ -177,3 +177,20 @@ def test_every_consumer_maps_through_the_fine_component(pair, tmp_path):
     assert summary.loc[0, "tre_final_um"] == pytest.approx(tre_px * PIXEL)
     refine = json.loads((out / "refine.json").read_text())
     assert refine["tiles_accepted"] > 0 and refine["pixel_size_um"] == pytest.approx(2.0)
+
+
+def test_a_file_without_pyramid_levels_is_refined_at_the_target_resolution(pair, tmp_path):
+    """No level near 2 µm: the tiles are read at full resolution and reduced by block means,
+    so the work (and the result) stays at the target resolution."""
+    folder, truth_fixed, truth_moving = pair
+    for name in ("fixed.ome.tif", "moving.ome.tif"):
+        image = tifffile.imread(folder / name)
+        write_ome_tiff(tmp_path / name, image.reshape(1, *image.shape[-2:]), ["DAPI"], PIXEL,
+                       pyramid_min_size=10**6)  # fmt: skip
+    assert len(read_info(tmp_path / "fixed.ome.tif").level_shapes) == 1
+    registration = _registered(tmp_path)
+    result = _refined(registration, tmp_path, tile=256, overlap=32)
+    assert result.report["level"] == 0 and result.report["level_reduced"] == 2
+    assert result.report["pixel_size_um"] == pytest.approx(2.0)
+    fine = _errors(result.transform, truth_fixed, truth_moving)
+    assert np.median(fine) < 0.15 and np.percentile(fine, 90) < 0.5, np.percentile(fine, [50, 90])

@@ -89,10 +89,13 @@ def refinement_level(
     moving_info: ImageInfo,
     working_downsample: float,
     settings: RefineSettings,
-) -> tuple[int, float] | None:
-    """The fixed pyramid level the refinement works on and its downsample (full-resolution
-    pixels per refinement pixel), or None when that would not be finer than the working
-    image (nothing to add: a small image, or a working resolution already that fine).
+) -> tuple[int, float, int] | None:
+    """The fixed pyramid level the refinement reads, its downsample (full-resolution pixels
+    per level pixel) and the whole factor ``k`` by which its tiles are reduced (block means)
+    when the nearest level is much finer than the target (a file without pyramid levels: the
+    work stays at the target resolution); or None when the refinement would not be finer
+    than the working image (nothing to add: a small image, or a working resolution already
+    that fine). A refinement pixel is ``downsample × k`` full-resolution pixels.
 
     With a physical pixel size the target is ``pixel_size_um`` (never finer than the image's
     own); without one, ``levels`` halvings below the working resolution.
@@ -104,9 +107,10 @@ def refinement_level(
     level = choose_level(fixed_info, wanted)
     height, width = fixed_info.level_shapes[level]
     downsample = max(fixed_info.shape[0] / height, fixed_info.shape[1] / width)
-    if downsample > working_downsample / 1.5:  # not meaningfully finer than the working image
+    factor = max(1, int(np.floor(wanted / downsample + 1e-6)))
+    if downsample * factor > working_downsample / 1.5:  # not meaningfully finer
         return None
-    return level, downsample
+    return level, downsample, factor
 
 
 def _ramp(n: int, overlap: int, low_edge: bool, high_edge: bool) -> np.ndarray:
@@ -131,6 +135,7 @@ class _Job:
     moving_info: ImageInfo
     level: int
     moving_level: int
+    factor: int
     down: float
     moving_down: float
     channels: dict
@@ -138,6 +143,7 @@ class _Job:
     shape: tuple[int, int]
     mask: np.ndarray
     full_to_working: np.ndarray
+    transform_scale: float = 1.0
     readers: tuple | None = None
 
     def open(self) -> None:
@@ -237,16 +243,18 @@ def refine_transform(
             "as fine as the refinement's resolution: nothing to add"
         )
         return RefineResult(transform.without_fine(), report)
-    level, down = chosen
-    height, width = fixed_info.level_shapes[level]
+    level, level_down, factor = chosen
+    down = level_down * factor  # full-resolution px per refinement px
+    level_height, level_width = fixed_info.level_shapes[level]
+    height, width = -(-level_height // factor), -(-level_width // factor)
     # moving full-resolution pixels per refinement pixel: the global part's scale
     scale = float(np.sqrt(abs(np.linalg.det(transform.affine[:2, :2]))))
     moving_level = choose_level(moving_info, down * scale * 1.05)  # a level within 5 %
     m_height, m_width = moving_info.level_shapes[moving_level]
     moving_down = max(moving_info.shape[0] / m_height, moving_info.shape[1] / m_width)
     mask, full_to_working = tissue
-    _JOB = _Job(transform, fixed_info, moving_info, level, moving_level, down, moving_down,
-                channels, settings, (height, width), mask, full_to_working)  # fmt: skip
+    _JOB = _Job(transform, fixed_info, moving_info, level, moving_level, factor, down, moving_down,
+                channels, settings, (height, width), mask, full_to_working, scale)  # fmt: skip
 
     step, tile = settings.grid_step, settings.tile
     grid_shape = (-(-height // step), -(-width // step))
@@ -340,6 +348,7 @@ def refine_transform(
     magnitude = np.hypot(*fine)
     report |= {
         "level": level,
+        "level_reduced": factor,
         "downsample": down,
         "pixel_size_um": fixed_info.pixel_size_um * down if fixed_info.pixel_size_um else None,
         "moving_level": moving_level,
@@ -387,8 +396,15 @@ def _tile_residual(job: _Job, window: tuple[int, int, int, int]):
     readers, transform, down, moving_down = job.readers, job.transform, job.down, job.moving_down
     settings, channels = job.settings, job.channels
     wr0, wr1, wc0, wc1 = window
-    fixed = _signal(readers[0].read(slice(wr0, wr1), slice(wc0, wc1)), job.fixed_info,
-                    channels["fixed"])  # fmt: skip
+    k = job.factor
+    level_shape = readers[0].shape[1:]
+    rows_k = slice(wr0 * k, min(level_shape[0], wr1 * k))
+    cols_k = slice(wc0 * k, min(level_shape[1], wc1 * k))
+    fixed = _signal(readers[0].read(rows_k, cols_k), job.fixed_info, channels["fixed"])
+    if k > 1:  # a level much finer than the target: block means down to it
+        pad = ((0, (wr1 - wr0) * k - fixed.shape[0]), (0, (wc1 - wc0) * k - fixed.shape[1]))
+        fixed = np.pad(fixed, pad, mode="edge")
+        fixed = cv2.resize(fixed, (wc1 - wc0, wr1 - wr0), interpolation=cv2.INTER_AREA)
     # full-resolution positions of the window's pixel centres (pixel-area convention)
     rows = (np.arange(wr0, wr1) + 0.5) * down - 0.5
     cols = (np.arange(wc0, wc1) + 0.5) * down - 0.5
@@ -403,6 +419,10 @@ def _tile_residual(job: _Job, window: tuple[int, int, int, int]):
         return None, None
     region = _signal(readers[1].read(slice(r_lo, r_hi), slice(c_lo, c_hi)), job.moving_info,
                      channels["moving"])  # fmt: skip
+    # moving level px per refinement px: a much finer level is smoothed first (no aliasing)
+    ratio = down * job.transform_scale / moving_down
+    if ratio > 1.5:
+        region = cv2.GaussianBlur(region, (0, 0), 0.4 * ratio)
     map_y = (coords[0] - r_lo).astype(np.float32)
     map_x = (coords[1] - c_lo).astype(np.float32)
     moving = cv2.remap(region, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
