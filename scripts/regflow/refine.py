@@ -35,7 +35,7 @@ from .flow import _regularised, warp_by_displacement
 from .formats import ImageInfo, RegionReader, choose_level
 from .imageops import local_normalise
 from .metrics import ncc
-from .transform import Transform
+from .transform import Transform, inside_image
 
 
 @dataclass
@@ -285,9 +285,14 @@ def refine_transform(
         return fraction >= settings.min_tissue
 
     tissue_tiles = [origin for origin in starts if has_tissue(origin)]
-    n_probe = min(settings.probe_tiles, len(tissue_tiles))
-    probes = [tissue_tiles[int((k + 0.5) * len(tissue_tiles) / n_probe)] for k in range(n_probe)]
-    probes = list(dict.fromkeys(probes)) if settings.probe_tiles > 0 else []
+    # probes only where the moving image has pixels (it may cover a part of the fixed one)
+    centres = (np.array(tissue_tiles, np.float64).reshape(-1, 2)[:, ::-1] + tile / 2) * down
+    onto = transform.fixed_to_moving(centres)
+    covered = [o for o, inside in zip(tissue_tiles, inside_image(onto[:, 0], onto[:, 1],
+               moving_info.shape), strict=True) if inside]  # fmt: skip
+    n_probe = min(settings.probe_tiles, len(covered))
+    probes = [covered[int((k + 0.5) * len(covered) / n_probe)] for k in range(n_probe)]
+    probes = list(dict.fromkeys(probes))
     job = _JOB
     stopped = None
     try:
@@ -316,8 +321,6 @@ def refine_transform(
                 stopped = (f"the {len(probes)} probe tiles' median residual "
                            f"{float(np.median(accepted)):.3f} px is below "
                            f"refine.min_residual_px={settings.min_residual_px}")  # fmt: skip
-            if stopped:
-                residuals.clear()
         if stopped is None:
             if threads > 1 and len(starts) > threads:
                 import multiprocessing
