@@ -67,6 +67,9 @@ def test_folding_and_jumping_fields():
     tissue = np.ones((64, 64), bool)
     tissue[18:32, 18:32] = False
     assert not _flags({"field": field_regularity(folded, (1.0, 1.0), tissue)})
+    # the full-resolution refinement's fine component is judged alike, on its own grid
+    assert {"field_folds", "field_jumps"} <= _flags({"field_fine": measured})
+    assert not _flags({"field": None, "field_fine": None})
 
 
 def test_overlap_scale_and_shear():

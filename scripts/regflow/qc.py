@@ -805,6 +805,18 @@ def cell_views(
     return out
 
 
+def _fine_regularity(transform: Transform, both_tissue: np.ndarray, jump: float) -> dict | None:
+    """:func:`regflow.review.field_regularity` of the fine component on its own grid, over
+    the nodes where both images show tissue (None without a fine component)."""
+    from .review import field_regularity
+
+    if not transform.has_fine:
+        return None
+    to_fine = transform.fixed_full_to_fine
+    where = _resize_mask(both_tissue, transform.fine.shape[1:])
+    return field_regularity(transform.fine, (1 / to_fine[1, 1], 1 / to_fine[0, 0]), where, jump)
+
+
 def review_registration(
     fixed: WorkingImage,
     moving: WorkingImage,
@@ -848,6 +860,9 @@ def review_registration(
             transform.displacement, spacing, both_tissue, (thresholds or {}).get("max_jump", 0.5)
         ),
         "shape": affine_shape(transform.affine, pixel_ratio or 1.0),
+        "field_fine": _fine_regularity(
+            transform, fixed.tissue_mask & mask & footprint, (thresholds or {}).get("max_jump", 0.5)
+        ),  # fmt: skip
         "ncc_initial": similarity["initial"]["ncc"],
         "ncc_final": similarity["final"]["ncc"],
         "pixel_sizes_known": pixel_ratio is not None,

@@ -164,16 +164,22 @@ def review(measures: dict, thresholds: dict | None = None) -> tuple[list[dict], 
     unmapped = measures.get("unmapped_inside")
     if unmapped:
         flag("unmapped_points", f"{unmapped} landmark(s) inside the overlap could not be mapped")
-    field = measures.get("field") or {}
-    if field.get("folding_fraction", 0.0) > limits["max_folding"]:
-        share = 100 * field["folding_fraction"]
-        flag("field_folds", f"the deformation folds over itself on {share:.2f} % of the "
-             "image (negative Jacobian)")  # fmt: skip
-    if field.get("jump_fraction", 0.0) > limits["max_folding"]:
-        share = 100 * field["jump_fraction"]
-        flag("field_jumps", f"the deformation changes by more than {limits['max_jump']:g} px "
-             f"per px on {share:.2f} % of the tissue (up to {field['max_gradient']:.2f}): tissue "
-             "torn apart or wrong local matches")  # fmt: skip
+    # the flow's field and the full-resolution refinement's fine component, each on its grid
+    folds, jumps = [], []
+    for key, name in (("field", "the deformation"), ("field_fine", "the fine component")):
+        field = measures.get(key) or {}
+        if field.get("folding_fraction", 0.0) > limits["max_folding"]:
+            folds.append(f"{name} folds over itself on {100 * field['folding_fraction']:.2f} % "
+                         "of the image (negative Jacobian)")  # fmt: skip
+        if field.get("jump_fraction", 0.0) > limits["max_folding"]:
+            jumps.append(f"{name} changes by more than {limits['max_jump']:g} px per px on "
+                         f"{100 * field['jump_fraction']:.2f} % of the tissue (up to "
+                         f"{field['max_gradient']:.2f}): tissue torn apart or wrong local "
+                         "matches")  # fmt: skip
+    if folds:
+        flag("field_folds", "; ".join(folds))
+    if jumps:
+        flag("field_jumps", "; ".join(jumps))
     overlap = measures.get("overlap")
     if overlap is not None and np.isfinite(overlap) and overlap < limits["min_overlap"]:
         flag("small_overlap", f"only {100 * overlap:.0f} % of the smaller tissue overlaps the "
