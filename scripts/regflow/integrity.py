@@ -1,0 +1,132 @@
+"""Tissue integrity across rounds: which cells of the reference are still there in a round.
+
+After registration, a round's nuclear channel is compared with the reference's nuclear
+channel *per cell* (a label image of the reference's cells or nuclei) or, without one, per
+window of a few cells on a regular grid: a surviving cell correlates (Pearson ≈ 0.9+), a lost
+one does not, and its intensity drops.
+
+Everything is computed region by region (tiles of the reference grid), with per-cell sums
+accumulated by label (``np.unique`` + ``np.bincount`` per tile), so a whole slide never
+needs a full-resolution plane in memory; the final per-cell statistics follow from the sums.
+
+Groundwork for issue 28: the library functions, tested; the workflow rule, sheet columns,
+outputs and QC views are not wired yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Pearson correlation and relative intensity below which a cell counts as lost (documented
+# defaults of the future ``integrity`` config section).
+MIN_CORR = 0.5
+MIN_RATIO = 0.5
+
+
+class CellSums:
+    """Per-label sums of two channels over any number of regions.
+
+    For every label: pixel count, Σx, Σy, Σx², Σy², Σxy (x = reference, y = round) and the
+    sums of the pixel rows and columns (centroid).
+    """
+
+    FIELDS = ("n", "x", "y", "xx", "yy", "xy", "row", "col")
+
+    def __init__(self):
+        self._sums: dict[int, np.ndarray] = {}
+        self.labels = np.zeros(0, np.int64)
+        self.values = np.zeros((len(self.FIELDS), 0))
+
+    def add(self, labels: np.ndarray, reference: np.ndarray, moving: np.ndarray,
+            origin: tuple[int, int] = (0, 0)) -> None:  # fmt: skip
+        """Accumulate one region: ``labels`` (integers, 0 = background), the two channels
+        on the same pixels, and the region's ``(row, col)`` origin in the reference grid."""
+        inside = labels > 0
+        if not inside.any():
+            return
+        rows, cols = np.nonzero(inside)
+        found, index = np.unique(labels[inside], return_inverse=True)
+        x = reference[inside].astype(np.float64)
+        y = moving[inside].astype(np.float64)
+        weights = (np.ones_like(x), x, y, x * x, y * y, x * y, rows + float(origin[0]),
+                   cols + float(origin[1]))  # fmt: skip
+        block = np.stack([np.bincount(index, w, minlength=len(found)) for w in weights])
+        self._merge(found.astype(np.int64), block)
+
+    def _merge(self, found: np.ndarray, block: np.ndarray) -> None:
+        union = np.union1d(self.labels, found)
+        values = np.zeros((len(self.FIELDS), len(union)))
+        values[:, np.searchsorted(union, self.labels)] += self.values
+        values[:, np.searchsorted(union, found)] += block
+        self.labels, self.values = union, values
+
+
+@dataclass
+class CellIntegrity:
+    """Per cell of the reference: centroid, correlation, relative intensity and the decision.
+
+    ``intensity_ratio`` is the round's mean over the reference's mean in the cell, divided by
+    the median of that ratio over all cells (a round that is dimmer overall loses nothing).
+    """
+
+    cell: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    corr: np.ndarray
+    intensity_ratio: np.ndarray
+    lost: np.ndarray
+
+    @property
+    def lost_fraction(self) -> float:
+        return float(self.lost.mean()) if self.lost.size else 0.0
+
+
+def pearson(n, sx, sy, sxx, syy, sxy) -> np.ndarray:
+    """Pearson correlation from sums (NaN where either channel is constant)."""
+    covariance = n * sxy - sx * sy
+    spread = (n * sxx - sx * sx) * (n * syy - sy * sy)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(spread > 0, covariance / np.sqrt(np.maximum(spread, 1e-300)), np.nan)
+
+
+def cell_integrity(
+    sums: CellSums, min_corr: float = MIN_CORR, min_ratio: float = MIN_RATIO
+) -> CellIntegrity:
+    """The per-cell table from accumulated sums. A cell is lost when its correlation is below
+    ``min_corr`` *and* its relative intensity below ``min_ratio`` (a shifted or deformed cell
+    keeps its intensity; a detached one loses both), or when its intensity is gone whatever
+    the correlation of what is left (below ``min_ratio / 2``)."""
+    n, sx, sy, sxx, syy, sxy, srow, scol = sums.values
+    corr = pearson(n, sx, sy, sxx, syy, sxy)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = np.where(sx > 0, sy / sx, np.nan)
+    typical = float(np.nanmedian(raw)) if np.isfinite(raw).any() else 1.0
+    ratio = raw / typical if typical > 0 else raw
+    weak = ~(np.nan_to_num(corr, nan=-1.0) >= min_corr)
+    dim = ~(np.nan_to_num(ratio, nan=0.0) >= min_ratio)
+    gone = ~(np.nan_to_num(ratio, nan=0.0) >= min_ratio / 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x, y = scol / n, srow / n
+    return CellIntegrity(sums.labels, x, y, corr, ratio, (weak & dim) | gone)
+
+
+def window_correlation(
+    reference: np.ndarray, moving: np.ndarray, window: int, tissue: np.ndarray | None = None
+) -> np.ndarray:
+    """Pearson correlation of the two channels in non-overlapping ``window``-px squares of a
+    region (its shape a multiple of ``window``), NaN where a square holds less than half
+    tissue (``tissue``) or a constant channel: the integrity map without cells."""
+    height, width = reference.shape
+    h, w = height // window, width // window
+    blocks = [a[: h * window, : w * window].astype(np.float64).reshape(h, window, w, window)
+              for a in (reference, moving)]  # fmt: skip
+    x, y = blocks
+    n = float(window * window)
+    corr = pearson(n, x.sum((1, 3)), y.sum((1, 3)), (x * x).sum((1, 3)), (y * y).sum((1, 3)),
+                   (x * y).sum((1, 3)))  # fmt: skip
+    if tissue is not None:
+        share = tissue[: h * window, : w * window].reshape(h, window, w, window).mean((1, 3))
+        corr = np.where(share >= 0.5, corr, np.nan)
+    return corr
