@@ -85,7 +85,7 @@ test-slurm: $(SLURM_STAMP)
 # Accuracy/speed against baselines on BIRL-style pairs (by hand; adds itk-elastix to .venv).
 BIRL ?= ../shared/data/birl
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[dev,bench]'
 	$(BIN)/python benchmarks/registration.py --pairs $(BIRL)/pairs-imgs-lnds_mix.csv --workflow /tmp/regflow-bench
 
 test-unit: $(STAMP)
