@@ -31,6 +31,7 @@ include: "rules/flow.smk"
 include: "rules/refine.smk"
 include: "rules/warp.smk"
 include: "rules/qc.smk"
+include: "rules/integrity.smk"
 include: "rules/case.smk"
 
 

@@ -305,6 +305,8 @@ def sample_outputs(sample):
         if has_value(sample, entry["file"]):
             names.append(f"annotations_{direction}.geojson")
     names += [f"associated/{name}.{IMAGE}" for name in associated_names(sample)]
+    if has_integrity(sample):
+        names += ["integrity.tsv", "integrity.ome.tif"]
     return [f"{OUTDIR}/{sample}/{name}" for name in names]
 
 
@@ -341,6 +343,31 @@ def refine_inputs(wildcards):
         "anchor_info": rules.preprocess.output.info.format(sample=anchor),
         "working": rules.preprocess.output.fixed.format(sample=anchor),
     }
+
+
+def has_integrity(sample):
+    """Integrity for rounds that share a nuclear channel: both images fluorescence."""
+    row = samples.loc[sample]
+    return all(
+        str(row.get(f"{role}_modality") or "brightfield") == "fluorescence"
+        for role in ("fixed", "moving")
+    )
+
+
+def integrity_inputs(wildcards):
+    sample = wildcards.sample
+    anchor = samples.loc[sample, "anchor"]
+    inputs = {
+        "reference": samples.loc[sample, "reference_path"],
+        "warped": rules.warp.output[0].format(sample=sample),
+        "transform": rules.refine.output.transform.format(sample=sample),
+        "info": rules.preprocess.output.info.format(sample=sample),
+        "anchor_info": rules.preprocess.output.info.format(sample=anchor),
+        "working": rules.preprocess.output.fixed.format(sample=anchor),
+    }
+    if has_value(sample, "fixed_cells"):
+        inputs["cells"] = samples.loc[sample, "fixed_cells"]
+    return inputs
 
 
 def qc_inputs(wildcards):

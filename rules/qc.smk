@@ -39,7 +39,13 @@ rule qc:
 
 rule summary:
     input:
-        expand(f"{OUTDIR}/{{sample}}/metrics.json", sample=samples.index),
+        metrics=expand(f"{OUTDIR}/{{sample}}/metrics.json", sample=samples.index),
+        # rounds that share a nuclear channel: the tissue lost since the reference
+        integrity=[
+            f"{OUTDIR}/{sample}/integrity.json"
+            for sample in samples.index
+            if has_integrity(sample)
+        ],
     output:
         table=report(
             f"{OUTDIR}/summary.tsv",
@@ -62,6 +68,7 @@ rule summary:
         mem_mb=1000,
         runtime=10,
     params:
+        max_tissue_loss=config["qc"]["max_tissue_loss"],
         code=library_hash("qc", "runlog"),
     script:
         "../scripts/summary.py"

@@ -199,7 +199,8 @@ def test_adding_an_image_reruns_that_image_and_the_case_outputs_only(cases):
     extra["image"] = "r5"
     pd.concat([sheet, extra]).to_csv(workdir / "more.tsv", sep="\t", index=False)
     jobs = planned_jobs(workdir, "--config", "samples=more.tsv")
-    per_image = {"preprocess", "rigid", "flow", "refine", "warp", "points", "qc"}
+    # rounds share a nuclear channel: the new round gets its integrity too
+    per_image = {"preprocess", "rigid", "flow", "refine", "warp", "points", "qc", "integrity"}
     assert {rule: jobs[rule] for rule in per_image} == dict.fromkeys(per_image, 1)
     assert jobs["merge"] == 1 and jobs["case_qc"] == 1 and jobs["summary"] == 1
     assert set(jobs) == per_image | {"merge", "case_qc", "summary"}

@@ -70,3 +70,74 @@ def test_the_grid_map_is_lower_where_tissue_was_lost(rounds):
     corr = window_correlation(round1, round2, 32)
     centres = disc[16::32, 16::32]
     assert np.nanmedian(corr[~centres]) - np.nanmedian(corr[centres]) > 0.3
+
+
+# ---- the workflow: a round pair with a lost disc, with and without a label image ----------
+
+
+@pytest.fixture(scope="module")
+def integrity_run(tmp_path_factory, rounds):
+    from helpers import run_snakemake
+    from regflow.example import CellWarp, render_cell_moving
+    from regflow.io import write_ome_tiff
+
+    round1, round2_in_round1, labels, gone, disc = rounds
+    workdir = tmp_path_factory.mktemp("integrity")
+    warp = CellWarp((SIZE, SIZE), angle_deg=4.0, shift=(12.0, -7.0), smooth_px=0.0, n_bumps=0)
+    moving_lost = render_cell_moving(np.clip(round2_in_round1 / 0.7, 0, 1).astype(np.float32),
+                                     warp)  # fmt: skip
+    moving_kept = render_cell_moving(np.clip(round1, 0, 1).astype(np.float32), warp)
+
+    def save(name, image):
+        write_ome_tiff(workdir / name, (np.clip(image, 0, 1) * 50000 + 300).astype(np.uint16)[None],
+                       ["DAPI"], 1.0)  # fmt: skip
+
+    save("round1.ome.tif", round1)
+    save("round2_lost.ome.tif", moving_lost)
+    save("round2_kept.ome.tif", moving_kept)
+    write_ome_tiff(workdir / "round1_cells.ome.tif", labels.astype(np.uint32)[None], ["cells"],
+                   1.0)  # fmt: skip
+    common = {"fixed": str(workdir / "round1.ome.tif"), "fixed_modality": "fluorescence",
+              "moving_modality": "fluorescence"}  # fmt: skip
+    import pandas as pd
+
+    pd.DataFrame([
+        common | {"sample": "lost", "moving": str(workdir / "round2_lost.ome.tif"),
+                  "fixed_cells": str(workdir / "round1_cells.ome.tif")},
+        common | {"sample": "lost_grid", "moving": str(workdir / "round2_lost.ome.tif")},
+        common | {"sample": "kept", "moving": str(workdir / "round2_kept.ome.tif"),
+                  "fixed_cells": str(workdir / "round1_cells.ome.tif")},
+    ]).to_csv(workdir / "samples.tsv", sep="\t", index=False)  # fmt: skip
+    (workdir / "config.yaml").write_text("samples: samples.tsv\noutdir: out\n")
+    run_snakemake(workdir, "--cores", "2")
+    return workdir, labels, gone, disc
+
+
+@pytest.mark.workflow
+def test_the_workflow_finds_the_lost_cells_and_flags_the_round(integrity_run):
+    import pandas as pd
+    import tifffile
+
+    workdir, labels, gone, disc = integrity_run
+    table = pd.read_csv(workdir / "out" / "lost" / "integrity.tsv", sep="\t")
+    assert list(table.columns) == ["cell", "x", "y", "corr", "intensity_ratio", "lost"]
+    assert len(table) == len(np.unique(labels[labels > 0]))  # every labelled cell
+    truth = table["cell"].isin(gone)
+    outside = ~disc[table["y"].astype(int), table["x"].astype(int)]
+    recall = table.loc[truth, "lost"].mean()
+    false_rate = table.loc[~truth & outside, "lost"].mean()
+    assert recall >= 0.8 and false_rate <= 0.02, (recall, false_rate)
+    summary = pd.read_csv(workdir / "out" / "summary.tsv", sep="\t").set_index("sample")
+    assert summary.loc["lost", "tissue_lost_fraction"] == pytest.approx(truth.mean(), rel=0.35)
+    assert "tissue_loss" in str(summary.loc["lost", "flags"])
+    assert "tissue_loss" not in str(summary.loc["kept", "flags"])
+    assert summary.loc["kept", "tissue_lost_fraction"] < 0.02
+    # without a label image: the grid, the map lower inside the disc
+    with tifffile.TiffFile(workdir / "out" / "lost_grid" / "integrity.ome.tif") as tif:
+        grid = tif.series[0].asarray()[0] if tif.series[0].ndim == 3 else tif.series[0].asarray()
+        assert 'PhysicalSizeX="32' in tif.ome_metadata
+    window = 32
+    centres = disc[window // 2 :: window, window // 2 :: window][: grid.shape[0], : grid.shape[1]]
+    assert np.nanmedian(grid[~centres]) - np.nanmedian(grid[centres]) > 0.3
+    assert "tissue_loss" in str(summary.loc["lost_grid", "flags"])
+    assert len(pd.read_csv(workdir / "out" / "lost_grid" / "integrity.tsv", sep="\t")) == 0

@@ -40,6 +40,8 @@ PAIR_COLUMNS = (
     "fixed_annotations",
     "moving_annotations",
     "moving_associated",
+    "fixed_cells",
+    "moving_cells",
 )
 # images-sheet column → pair-sheet column suffix (fixed_* from the reference, moving_* here)
 IMAGE_COLUMNS = {
@@ -50,6 +52,7 @@ IMAGE_COLUMNS = {
     "pixel_size_um": "_pixel_size_um",
     "annotations": "_annotations",
     "associated": "_associated",
+    "cells": "_cells",
 }
 IMAGES_SHEET_COLUMNS = ("case", "image", *IMAGE_COLUMNS, "reference", "order")
 # Added to every registration row (derived, not user columns).
@@ -211,6 +214,7 @@ def _case_registrations(case, records, reference, positions, chain) -> list[dict
         # landmarks and annotations of the reference, whatever the registration's target
         row["fixed_landmarks"] = reference.get("landmarks")
         row["fixed_annotations"] = reference.get("annotations")
+        row["fixed_cells"] = reference.get("cells")  # integrity is judged on the reference
         row.pop("fixed_associated", None)  # associated images belong to the moving image
         row |= {
             "case": case,

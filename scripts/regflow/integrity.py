@@ -130,3 +130,103 @@ def window_correlation(
         share = tissue[: h * window, : w * window].reshape(h, window, w, window).mean((1, 3))
         corr = np.where(share >= 0.5, corr, np.nan)
     return corr
+
+
+def integrity_from_files(
+    reference_path: str,
+    warped_path: str,
+    reference_channel: int,
+    warped_channel: int,
+    cells_path: str | None,
+    tissue: tuple[np.ndarray, np.ndarray],
+    window: int,
+    tile: int = 1024,
+    min_corr: float = MIN_CORR,
+    min_ratio: float = MIN_RATIO,
+    covered=None,
+) -> tuple[dict, CellIntegrity | None, np.ndarray]:
+    """Integrity of a registered round against the reference, region by region.
+
+    Parameters
+    ----------
+    reference_path, warped_path : str
+        The reference image and the round warped onto its grid (the workflow's output).
+    reference_channel, warped_channel : int
+        Their nuclear (registration) channels.
+    cells_path : str or None
+        The reference's label image (its size), or None: the grid map alone.
+    tissue : (mask, full_to_working)
+        The reference's tissue mask at working resolution: windows off the tissue are NaN.
+    window : int
+        Side (px) of the map's windows (a few cells).
+    covered : callable, optional
+        ``covered(points_xy) → bool`` (reference pixels): where the round has pixels at all.
+        Cells and windows outside it are not judged (never lost; NaN on the map): a round
+        imaged over a smaller area did not lose what it never showed.
+
+    Returns
+    -------
+    report : dict
+        ``tissue_lost_fraction`` (of the cells, else of the tissue windows), counts.
+    cells : CellIntegrity or None
+    grid : ndarray, float32
+        The windowed correlation map (NaN off the tissue).
+    """
+    from .formats import RegionReader
+
+    tile = max(window, tile // window * window)
+    mask, full_to_working = tissue
+    sums = CellSums() if cells_path else None
+    with RegionReader(reference_path) as reference, RegionReader(warped_path) as warped:
+        height, width = reference.shape[1:]
+        grid = np.full((height // window, width // window), np.nan, np.float32)
+        labels_reader = RegionReader(cells_path) if cells_path else None
+        try:
+            for r0 in range(0, height, tile):
+                for c0 in range(0, width, tile):
+                    rows, cols = slice(r0, min(height, r0 + tile)), slice(c0, min(width, c0 + tile))
+                    x = reference.read(rows, cols)[reference_channel].astype(np.float32)
+                    y = warped.read(rows, cols)[warped_channel].astype(np.float32)
+                    if sums is not None:
+                        sums.add(labels_reader.read(rows, cols)[0], x, y, (r0, c0))
+                    block = window_correlation(x, y, window)
+                    gr, gc = r0 // window, c0 // window
+                    h = min(block.shape[0], grid.shape[0] - gr)
+                    w = min(block.shape[1], grid.shape[1] - gc)
+                    grid[gr : gr + h, gc : gc + w] = block[:h, :w]
+        finally:
+            if labels_reader is not None:
+                labels_reader.close()
+    # windows whose centre is off the tissue carry no information
+    centres_r = (np.arange(grid.shape[0]) + 0.5) * window
+    centres_c = (np.arange(grid.shape[1]) + 0.5) * window
+    wr = np.clip((centres_r * full_to_working[1, 1] + full_to_working[1, 2]).astype(int), 0,
+                 mask.shape[0] - 1)  # fmt: skip
+    wc = np.clip((centres_c * full_to_working[0, 0] + full_to_working[0, 2]).astype(int), 0,
+                 mask.shape[1] - 1)  # fmt: skip
+    grid[~mask[wr[:, None], wc[None, :]]] = np.nan
+    if covered is not None:
+        cc, rr = np.meshgrid(centres_c, centres_r)
+        inside = covered(np.stack([cc.ravel(), rr.ravel()], 1)).reshape(grid.shape)
+        grid[~inside] = np.nan
+    table = cell_integrity(sums, min_corr, min_ratio) if sums is not None else None
+    if table is not None and covered is not None and len(table.cell):
+        judged = covered(np.stack([table.x, table.y], 1))
+        table.lost &= judged
+        table.corr = np.where(judged, table.corr, np.nan)
+    windows = np.isfinite(grid)
+    report = {
+        "window_px": window,
+        "tissue_windows": int(windows.sum()),
+        "lost_windows": int((grid[windows] < min_corr).sum()),
+        "cells": int(len(table.cell)) if table is not None else None,
+        "lost_cells": int(table.lost.sum()) if table is not None else None,
+    }
+    if table is not None and len(table.cell):
+        report["tissue_lost_fraction"] = table.lost_fraction
+        report["measured_on"] = "cells"
+    else:
+        share = report["lost_windows"] / report["tissue_windows"] if windows.any() else 0.0
+        report["tissue_lost_fraction"] = float(share)
+        report["measured_on"] = "grid"
+    return report, table, grid

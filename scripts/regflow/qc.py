@@ -41,6 +41,7 @@ SUMMARY_COLUMNS = [
     "scale",
     "seconds",
     "evidence",
+    "tissue_lost_fraction",
     "flags",
     "flag_reasons",
     "info",
@@ -514,6 +515,22 @@ def _wrap(text: str, width: int) -> str:
     return "\n        ".join(lines)
 
 
+def tissue_loss_review(metrics: dict, integrity: dict, max_tissue_loss: float) -> None:
+    """Add a round's integrity report to its metrics (in place) and the ``tissue_loss`` flag
+    when it lost more than ``max_tissue_loss`` of the reference's cells (or tissue)."""
+    metrics["integrity"] = integrity
+    fraction = integrity.get("tissue_lost_fraction") or 0.0
+    if fraction > max_tissue_loss:
+        review = metrics.setdefault("review", {})
+        unit = "cells" if integrity.get("measured_on") == "cells" else "tissue windows"
+        review.setdefault("flags", []).append({
+            "flag": "tissue_loss",
+            "reason": f"{100 * fraction:.1f} % of the reference's {unit} are lost in this "
+                      f"round (> qc.max_tissue_loss={max_tissue_loss:g}): tissue detached or "
+                      "damaged; its markers read negative there",
+        })  # fmt: skip
+
+
 def summary_row(metrics: dict) -> dict:
     """One row of summary.tsv from a sample's metrics.json."""
     sim = metrics.get("similarity") or {}
@@ -537,6 +554,7 @@ def summary_row(metrics: dict) -> dict:
     row["tre_final_um"] = (
         final["tre_median"] * pixel_size if pixel_size and final.get("tre_median") else None
     )
+    row["tissue_lost_fraction"] = (metrics.get("integrity") or {}).get("tissue_lost_fraction")
     row["landmarks"] = final.get("n_landmarks")
     row["landmarks_unmapped"] = final.get("n_unmapped")
     row["rotation_deg"] = rigid.get("rotation_deg")

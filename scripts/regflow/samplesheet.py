@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 
+import numpy as np
 import pandas as pd
 
 from .annotations import AnnotationError, read_features
@@ -46,6 +47,30 @@ def _verified(path: str, cache: dict) -> ImageInfo | ImageReadError:
     return cache[path]
 
 
+def _check_cells(row, role, named, verified, labels) -> list[str]:
+    """A ``*_cells`` label image: readable, one integer channel, the size of its image (the
+    reference's, for the fixed role: integrity is judged on the reference)."""
+    path = row.get(f"{role}_cells")
+    if _blank(path):
+        return []
+    where = named(role, f"{role}_cells", labels)
+    info = _verified(str(path), verified)
+    if isinstance(info, ImageReadError):
+        return [info.describe(named(role, f"{role}_cells", labels, sep=","))]
+    image_path = row.get("reference_path") if role == "fixed" else row.get("moving")
+    image = verified.get(image_path if not _blank(image_path) else row.get(role))
+    problems = []
+    if info.n_channels != 1 or not np.issubdtype(np.dtype(info.dtype), np.integer):
+        problems.append(f"{path} is {info.n_channels} channel(s) of {info.dtype}; a label image "
+                        "is one channel of integers (0 = background), e.g. a Cellpose, StarDist "
+                        "or Mesmer mask saved as TIFF")  # fmt: skip
+    if isinstance(image, ImageInfo) and tuple(info.shape) != tuple(image.shape):
+        problems.append(f"{path} is {info.shape[0]}×{info.shape[1]} px but its image is "
+                        f"{image.shape[0]}×{image.shape[1]} px; export the labels at the "
+                        "image's full resolution")  # fmt: skip
+    return [f"{where}: {problem}" for problem in problems]
+
+
 def _check_extras(row, named, verified, labels, images_sheet) -> list[str]:
     """Annotation files parse; associated images are readable, uniquely named, and their size
     matches the moving image's (or their pixel size says how they relate)."""
@@ -59,6 +84,8 @@ def _check_extras(row, named, verified, labels, images_sheet) -> list[str]:
                 read_features(value)
             except AnnotationError as exc:
                 errors.append(f"{named(role, f'{role}_annotations', labels)}: {exc}")
+    for role in ROLES:
+        errors += _check_cells(row, role, named, verified, labels)
     value = row.get("moving_associated")
     if _blank(value):
         return errors
