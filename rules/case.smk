@@ -1,4 +1,5 @@
-# Case-level outputs of an images sheet: the merged fluorescence stack and the case QC figure.
+# Case-level outputs of an images sheet: the merged fluorescence stack, the case QC figure and
+# the rounds' integrity in long form.
 
 
 rule merge:
@@ -58,3 +59,17 @@ rule case_qc:
         code=library_hash("qc", "formats", "channels", "preprocess", "runlog"),
     script:
         "../scripts/case_qc.py"
+
+
+rule case_integrity:
+    input:
+        tables=case_value("integrity_tables"),
+    output:
+        f"{OUTDIR}/{{case}}/integrity.tsv",
+    log:
+        f"{OUTDIR}/logs/case_integrity/{{case}}.log",
+    localrule: True
+    params:
+        images=case_value("integrity_images"),
+    script:
+        "../scripts/case_integrity.py"

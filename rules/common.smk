@@ -135,6 +135,17 @@ def case_summary(case, records):
             r["path"] if r is reference else f"{folder}/{r['image']}/warped.{IMAGE}"
             for r in fluorescence
         ],
+        # rounds that share the reference's nuclear channel: the case's long-form integrity
+        "integrity_images": [
+            r["image"]
+            for r in others
+            if r in fluorescence and reference in fluorescence
+        ],
+        "integrity_tables": [
+            f"{folder}/{r['image']}/integrity.tsv"
+            for r in others
+            if r in fluorescence and reference in fluorescence
+        ],
     }
 
 
@@ -318,6 +329,8 @@ def all_outputs():
         outputs.append(f"{OUTDIR}/{case}/case_qc.png")
         if info["merge_images"]:
             outputs.append(f"{OUTDIR}/{case}/merged.{IMAGE}")
+        if info["integrity_images"]:
+            outputs.append(f"{OUTDIR}/{case}/integrity.tsv")
     return outputs
 
 

@@ -10,6 +10,7 @@ import tifffile
 from helpers import planned_jobs, run_snakemake
 from regflow.cases import SheetError, from_images, from_pairs
 from regflow.example import make_round_case, make_serial_case
+from regflow.io import read_image
 from regflow.transform import Transform, compose
 
 
@@ -123,6 +124,26 @@ def cases(tmp_path_factory):
     return workdir, truth
 
 
+@pytest.mark.workflow
+def test_rounds_report_every_reference_cell_in_long_form_and_lose_none(cases):
+    """The reference's nucleus labels give every round's integrity: one row per cell and
+    round in the case's table; intact rounds lose (almost) nothing and are not flagged."""
+    workdir, _ = cases
+    table = pd.read_csv(workdir / "out" / "rounds" / "integrity.tsv", sep="\t")
+    assert list(table.columns) == ["cell", "x", "y", "image", "corr", "intensity_ratio", "lost"]
+    per_round = table.groupby("image")["cell"].nunique()
+    assert sorted(per_round.index) == ["r2", "r3", "r4"]
+    labels = read_image(workdir / "data" / "rounds_r1_nuclei.ome.tif")[0]
+    assert (per_round == len(np.unique(labels[labels > 0]))).all()
+    assert table.groupby("image")["lost"].mean().max() <= 0.02
+    summary = pd.read_csv(workdir / "out" / "summary.tsv", sep="\t")
+    rounds = summary[summary["case"] == "rounds"]
+    assert rounds["tissue_lost_fraction"].notna().all()
+    assert not rounds["flags"].fillna("").str.contains("tissue_loss").any()
+    # serial sections in brightfield share no nuclear channel: no integrity
+    assert summary.loc[summary["case"] == "serial", "tissue_lost_fraction"].isna().all()
+
+
 def _errors_px(reference_csv, mapped_csv):
     fixed = pd.read_csv(reference_csv)[["X", "Y"]].to_numpy()
     mapped = pd.read_csv(mapped_csv)[["X", "Y"]].to_numpy()
@@ -203,7 +224,7 @@ def test_adding_an_image_reruns_that_image_and_the_case_outputs_only(cases):
     per_image = {"preprocess", "rigid", "flow", "refine", "warp", "points", "qc", "integrity"}
     assert {rule: jobs[rule] for rule in per_image} == dict.fromkeys(per_image, 1)
     assert jobs["merge"] == 1 and jobs["case_qc"] == 1 and jobs["summary"] == 1
-    assert set(jobs) == per_image | {"merge", "case_qc", "summary"}
+    assert set(jobs) == per_image | {"merge", "case_qc", "case_integrity", "summary"}
     assert planned_jobs(workdir) == {}  # the original sheet: nothing to do
 
 

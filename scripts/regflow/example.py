@@ -491,7 +491,8 @@ def make_round_case(
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """A cyclic-immunofluorescence case: ``n_rounds`` rounds of one section, DAPI + a marker
     each, every round after the first rotated and shifted on the stage (a different rigid
-    placement and a slight elastic change per round). Round 1 is the reference.
+    placement and a slight elastic change per round). Round 1 is the reference, with a
+    nucleus label image (``cells``).
 
     Returns the images sheet and, per round, its channels in the reference frame (the truth
     a merged stack must reproduce).
@@ -531,6 +532,11 @@ def make_round_case(
                            ["DAPI", f"marker{index + 1}"], 0.5)  # fmt: skip
             points = map_landmarks(landmarks, warp, channels.shape[1:], channels.shape[1:])
         rows.append(_case_image(outdir, case, image, path, points, "fluorescence", "DAPI", index))
+    # the reference's nuclei (a label image, as a segmentation tool exports it): every round's
+    # per-cell integrity is reported on them
+    cells = outdir / f"{case}_r1_nuclei.ome.tif"
+    write_ome_tiff(cells, nuclei_labels(hematoxylin)[None], ["nuclei"], 0.5)
+    rows[0]["cells"] = str(cells)
     return pd.DataFrame(rows), truth
 
 
