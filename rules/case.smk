@@ -32,6 +32,7 @@ rule case_qc:
         reference=case_value("reference_path"),
         warped=case_value("warped"),
         metrics=case_value("metrics"),
+        integrity=case_value("integrity_reports"),
     output:
         report(
             f"{OUTDIR}/{{case}}/case_qc.png",
@@ -56,6 +57,7 @@ rule case_qc:
         reference=case_value("reference"),
         reference_modality=case_value("reference_modality"),
         reference_channel=case_value("reference_channel"),
+        max_tissue_loss=config["qc"]["max_tissue_loss"],
         code=library_hash("qc", "formats", "channels", "preprocess", "runlog"),
     script:
         "../scripts/case_qc.py"

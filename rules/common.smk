@@ -141,6 +141,11 @@ def case_summary(case, records):
             for r in others
             if r in fluorescence and reference in fluorescence
         ],
+        "integrity_reports": [
+            f"{folder}/{r['image']}/integrity.json"
+            for r in others
+            if r in fluorescence and reference in fluorescence
+        ],
         "integrity_tables": [
             f"{folder}/{r['image']}/integrity.tsv"
             for r in others

@@ -4,7 +4,7 @@ import numpy as np
 from regflow.channels import resolve_channel
 from regflow.formats import choose_level, open_slide
 from regflow.preprocess import downsample, registration_channel
-from regflow.qc import case_figure
+from regflow.qc import case_figure, tissue_loss_review
 from regflow.runlog import read_json, stage_log
 
 case = snakemake.wildcards.case
@@ -28,11 +28,16 @@ def view(path, modality, channel, shape=None):
 with stage_log(snakemake.log[0], "case_qc", case) as log:
     params = snakemake.params
     reference = view(snakemake.input.reference, params.reference_modality, params.reference_channel)
+    # each round's integrity report (rounds that share the reference's nuclear channel)
+    reports = {r["sample"]: r for r in map(read_json, snakemake.input.integrity)}
     panels = []
     for image, warped, metrics, modality, channel in zip(
         params.images, snakemake.input.warped, snakemake.input.metrics, params.modalities,
         params.channels, strict=True,
     ):  # fmt: skip
-        panels.append((image, view(warped, modality, channel, reference.shape), read_json(metrics)))
+        entry = read_json(metrics)
+        if entry["sample"] in reports:
+            tissue_loss_review(entry, reports[entry["sample"]], params.max_tissue_loss)
+        panels.append((image, view(warped, modality, channel, reference.shape), entry))
     case_figure(snakemake.output[0], case, (params.reference, np.asarray(reference)), panels)
     log.info("case %s: %d image(s) over %s", case, len(panels), params.reference)

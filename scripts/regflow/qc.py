@@ -730,6 +730,12 @@ def case_figure(
         status = (metrics or {}).get("status", "failed")
         rtre = ((metrics or {}).get("landmarks") or {}).get("final", {}) or {}
         text = f"rTRE {rtre['rtre_median']:.4f}" if rtre.get("rtre_median") is not None else ""
+        lost = ((metrics or {}).get("integrity") or {}).get("tissue_lost_fraction")
+        if lost is not None:  # a round: the share of the reference's cells it lost
+            text += f"\nlost {100 * lost:.1f} % of the cells" + (
+                " — tissue_loss" if any(f.get("flag") == "tissue_loss"
+                                        for f in (metrics.get("review") or {}).get("flags", []))
+                else "")  # fmt: skip
         if view is None:
             ax.axis("off")
             ax.text(0.5, 0.5, f"{image}: failed", ha="center", transform=ax.transAxes)
