@@ -107,6 +107,7 @@ def integrity_run(tmp_path_factory, rounds):
         common | {"sample": "lost_grid", "moving": str(workdir / "round2_lost.ome.tif")},
         common | {"sample": "kept", "moving": str(workdir / "round2_kept.ome.tif"),
                   "fixed_cells": str(workdir / "round1_cells.ome.tif")},
+        common | {"sample": "kept_grid", "moving": str(workdir / "round2_kept.ome.tif")},
     ]).to_csv(workdir / "samples.tsv", sep="\t", index=False)  # fmt: skip
     (workdir / "config.yaml").write_text("samples: samples.tsv\noutdir: out\n")
     run_snakemake(workdir, "--cores", "2")
@@ -140,4 +141,7 @@ def test_the_workflow_finds_the_lost_cells_and_flags_the_round(integrity_run):
     centres = disc[window // 2 :: window, window // 2 :: window][: grid.shape[0], : grid.shape[1]]
     assert np.nanmedian(grid[~centres]) - np.nanmedian(grid[centres]) > 0.3
     assert "tissue_loss" in str(summary.loc["lost_grid", "flags"])
+    # an intact round judged on the grid alone: windows without nuclei are not judged
+    assert summary.loc["kept_grid", "tissue_lost_fraction"] < 0.02
+    assert "tissue_loss" not in str(summary.loc["kept_grid", "flags"])
     assert len(pd.read_csv(workdir / "out" / "lost_grid" / "integrity.tsv", sep="\t")) == 0

@@ -112,24 +112,26 @@ def cell_integrity(
     return CellIntegrity(sums.labels, x, y, corr, ratio, (weak & dim) | gone)
 
 
-def window_correlation(
-    reference: np.ndarray, moving: np.ndarray, window: int, tissue: np.ndarray | None = None
-) -> np.ndarray:
-    """Pearson correlation of the two channels in non-overlapping ``window``-px squares of a
-    region (its shape a multiple of ``window``), NaN where a square holds less than half
-    tissue (``tissue``) or a constant channel: the integrity map without cells."""
+def window_statistics(
+    reference: np.ndarray, moving: np.ndarray, window: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per non-overlapping ``window``-px square of a region: the Pearson correlation of the
+    two channels and each channel's standard deviation (its nuclear contrast)."""
     height, width = reference.shape
     h, w = height // window, width // window
-    blocks = [a[: h * window, : w * window].astype(np.float64).reshape(h, window, w, window)
-              for a in (reference, moving)]  # fmt: skip
-    x, y = blocks
+    x, y = (a[: h * window, : w * window].astype(np.float64).reshape(h, window, w, window)
+            for a in (reference, moving))  # fmt: skip
     n = float(window * window)
-    corr = pearson(n, x.sum((1, 3)), y.sum((1, 3)), (x * x).sum((1, 3)), (y * y).sum((1, 3)),
-                   (x * y).sum((1, 3)))  # fmt: skip
-    if tissue is not None:
-        share = tissue[: h * window, : w * window].reshape(h, window, w, window).mean((1, 3))
-        corr = np.where(share >= 0.5, corr, np.nan)
-    return corr
+    sx, sy = x.sum((1, 3)), y.sum((1, 3))
+    sxx, syy = (x * x).sum((1, 3)), (y * y).sum((1, 3))
+    corr = pearson(n, sx, sy, sxx, syy, (x * y).sum((1, 3)))
+    spread = [np.sqrt(np.maximum(q / n - (s / n) ** 2, 0.0)) for s, q in ((sx, sxx), (sy, syy))]
+    return corr, spread[0], spread[1]
+
+
+def window_correlation(reference: np.ndarray, moving: np.ndarray, window: int) -> np.ndarray:
+    """Pearson correlation of the two channels in non-overlapping ``window``-px squares."""
+    return window_statistics(reference, moving, window)[0]
 
 
 def integrity_from_files(
@@ -180,6 +182,7 @@ def integrity_from_files(
     with RegionReader(reference_path) as reference, RegionReader(warped_path) as warped:
         height, width = reference.shape[1:]
         grid = np.full((height // window, width // window), np.nan, np.float32)
+        contrast = np.full((2, *grid.shape), np.nan, np.float32)
         labels_reader = RegionReader(cells_path) if cells_path else None
         try:
             for r0 in range(0, height, tile):
@@ -189,11 +192,13 @@ def integrity_from_files(
                     y = warped.read(rows, cols)[warped_channel].astype(np.float32)
                     if sums is not None:
                         sums.add(labels_reader.read(rows, cols)[0], x, y, (r0, c0))
-                    block = window_correlation(x, y, window)
+                    block, spread_x, spread_y = window_statistics(x, y, window)
                     gr, gc = r0 // window, c0 // window
                     h = min(block.shape[0], grid.shape[0] - gr)
                     w = min(block.shape[1], grid.shape[1] - gc)
                     grid[gr : gr + h, gc : gc + w] = block[:h, :w]
+                    contrast[0, gr : gr + h, gc : gc + w] = spread_x[:h, :w]
+                    contrast[1, gr : gr + h, gc : gc + w] = spread_y[:h, :w]
         finally:
             if labels_reader is not None:
                 labels_reader.close()
@@ -209,16 +214,26 @@ def integrity_from_files(
         cc, rr = np.meshgrid(centres_c, centres_r)
         inside = covered(np.stack([cc.ravel(), rr.ravel()], 1)).reshape(grid.shape)
         grid[~inside] = np.nan
+    # a window is judged where the reference shows nuclei (its contrast at least a quarter of
+    # the tissue's median): lumina and gaps between cells hold nothing to lose
+    tissue_contrast = contrast[0][np.isfinite(grid)]
+    typical = float(np.median(tissue_contrast)) if tissue_contrast.size else 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        grid[~(contrast[0] >= 0.25 * typical)] = np.nan
+        raw = contrast[1] / contrast[0]
+    judged = np.isfinite(grid)
+    median_ratio = float(np.median(raw[judged])) if judged.any() else 1.0
+    ratio = raw / median_ratio if median_ratio > 0 else raw
+    lost_windows = judged & (((grid < min_corr) & (ratio < min_ratio)) | (ratio < min_ratio / 2))
     table = cell_integrity(sums, min_corr, min_ratio) if sums is not None else None
     if table is not None and covered is not None and len(table.cell):
         judged = covered(np.stack([table.x, table.y], 1))
         table.lost &= judged
         table.corr = np.where(judged, table.corr, np.nan)
-    windows = np.isfinite(grid)
     report = {
         "window_px": window,
-        "tissue_windows": int(windows.sum()),
-        "lost_windows": int((grid[windows] < min_corr).sum()),
+        "tissue_windows": int(judged.sum()),
+        "lost_windows": int(lost_windows.sum()),
         "cells": int(len(table.cell)) if table is not None else None,
         "lost_cells": int(table.lost.sum()) if table is not None else None,
     }
@@ -226,7 +241,7 @@ def integrity_from_files(
         report["tissue_lost_fraction"] = table.lost_fraction
         report["measured_on"] = "cells"
     else:
-        share = report["lost_windows"] / report["tissue_windows"] if windows.any() else 0.0
+        share = report["lost_windows"] / report["tissue_windows"] if judged.any() else 0.0
         report["tissue_lost_fraction"] = float(share)
         report["measured_on"] = "grid"
     return report, table, grid
