@@ -18,6 +18,7 @@ from regflow.formats import (
     read_info,
     verify_image,
 )
+from regflow.io import write_ome_tiff
 from regflow.vendorfiles import write_czi, write_generic_tiff, write_qptiff, write_svs
 
 
@@ -281,3 +282,19 @@ def test_vendor_pairs_register_at_level_0_with_their_metadata(format_run):
         for s in sheet["sample"]
     }
     assert formats_seen == {"aperio-svs", "qptiff", "czi", "tiff", "openslide:dicom"}
+
+
+@pytest.mark.parametrize("channels", [[1], [2, 0]])
+def test_a_region_of_some_channels_equals_those_of_the_whole_region(tmp_path, channels):
+    """Separate-plane files decode only the channels asked for (an 8-channel round's nuclear
+    channel alone); interleaved RGB is read whole and the samples picked."""
+    rng = np.random.default_rng(5)
+    planes = rng.integers(0, 60000, (3, 300, 260), dtype=np.uint16)
+    write_ome_tiff(tmp_path / "planes.ome.tif", planes, ["a", "b", "c"], 0.5, tile=128)
+    rgb = rng.integers(0, 255, (3, 300, 260), dtype=np.uint8)
+    write_ome_tiff(tmp_path / "rgb.ome.tif", rgb, ["R", "G", "B"], 0.5, rgb=True, tile=128)
+    for name in ("planes.ome.tif", "rgb.ome.tif"):
+        with RegionReader(tmp_path / name) as reader:
+            rows, cols = slice(37, 251), slice(5, 199)
+            np.testing.assert_array_equal(reader.read(rows, cols, channels),
+                                          reader.read(rows, cols)[channels])  # fmt: skip

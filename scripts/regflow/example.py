@@ -186,6 +186,33 @@ def _save_points(path: Path, points: np.ndarray) -> None:
     pd.DataFrame({"X": points[:, 0], "Y": points[:, 1]}).to_csv(path, index=True)
 
 
+def _round_two(outdir: Path, fluorescence, hematoxylin, landmarks, dark, pixel_size) -> None:
+    """A second cyclic round of the fluorescence section (``fluorescence_round2.ome.tif``,
+    turned 6° and shifted on the stage) in which most nuclei of one region detached, and the
+    reference's nucleus labels (``fluorescence_fixed_nuclei.ome.tif``): the example's
+    ``fluorescence_rounds`` pair shows the tissue-integrity outputs."""
+    from scipy import ndimage as ndi
+
+    shape = fluorescence.shape[1:]
+    labels = nuclei_labels(hematoxylin)
+    write_ome_tiff(outdir / "fluorescence_fixed_nuclei.ome.tif", labels[None].astype(np.uint16),
+                   ["nuclei"], pixel_size)  # fmt: skip
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    disc = np.hypot(rows - 0.35 * shape[0], cols - 0.3 * shape[1]) < 0.12 * min(shape)
+    inside = np.unique(labels[disc & (labels > 0)])
+    rng = np.random.default_rng(11)
+    gone = rng.choice(inside, int(0.8 * len(inside)), replace=False) if len(inside) else []
+    detached = ndi.binary_dilation(np.isin(labels, gone), iterations=2) & disc
+    section = np.where(detached[None], dark[:, None, None], fluorescence.astype(np.float64))
+    warp = KnownWarp(angle_deg=6.0, scale=1.0, shift=(0.02 * shape[1], -0.015 * shape[0]))
+    moving = render_moving(section, warp, shape, dark)
+    write_ome_tiff(outdir / "fluorescence_round2.ome.tif",
+                   np.clip(np.round(moving), 0, 65535).astype(np.uint16), ["DAPI", "DAB-marker"],
+                   pixel_size)  # fmt: skip
+    _save_points(outdir / "fluorescence_round2_landmarks.csv",
+                 map_landmarks(landmarks, warp, shape, shape))  # fmt: skip
+
+
 def make_cohort(outdir: str | Path, size: int | None = None) -> pd.DataFrame:
     """Write the example images and landmarks; return the sample sheet (paths as written).
 
@@ -265,6 +292,7 @@ def make_cohort(outdir: str | Path, size: int | None = None) -> pd.DataFrame:
     labels = render_moving(nuclei_labels(hematoxylin)[None], warp, moving_shape, [0.0], order=0)
     write_ome_tiff(outdir / "fluorescence_moving_nuclei.ome.tif", labels.astype(np.uint16),
                    ["nuclei"], coarse)  # fmt: skip
+    _round_two(outdir, fluorescence, hematoxylin, landmarks, dark, pixel_size)
 
     # 3. fluorescence → brightfield PNG (no pixel size): near-180° rotation + elastic.
     warp = KnownWarp(

@@ -188,8 +188,8 @@ def integrity_from_files(
             for r0 in range(0, height, tile):
                 for c0 in range(0, width, tile):
                     rows, cols = slice(r0, min(height, r0 + tile)), slice(c0, min(width, c0 + tile))
-                    x = reference.read(rows, cols)[reference_channel].astype(np.float32)
-                    y = warped.read(rows, cols)[warped_channel].astype(np.float32)
+                    x = reference.read(rows, cols, [reference_channel])[0].astype(np.float32)
+                    y = warped.read(rows, cols, [warped_channel])[0].astype(np.float32)
                     if sums is not None:
                         sums.add(labels_reader.read(rows, cols)[0], x, y, (r0, c0))
                     block, spread_x, spread_y = window_statistics(x, y, window)

@@ -379,15 +379,17 @@ def refine_transform(
     return RefineResult(refined, report, accepted_map)
 
 
-def _signal(pixels: np.ndarray, info: ImageInfo, channel_spec) -> np.ndarray:
-    """The registration channel of a tile, float32. Fluorescence as it is (the local
-    normalisation that follows removes offset and gain; a percentile pass per tile would cost
-    a tenth of the tile's time), brightfield as optical density of its stain."""
+def _signal(reader, rows: slice, cols: slice, info: ImageInfo, channel_spec) -> np.ndarray:
+    """The registration channel of a tile, float32. Fluorescence as it is, its channel alone
+    decoded (the local normalisation that follows removes offset and gain; a percentile pass
+    per tile would cost a tenth of the tile's time), brightfield as optical density of its
+    stain."""
     modality, channel = channel_spec
     if modality == "fluorescence" and not isinstance(channel, str):
-        return pixels[int(channel)].astype(np.float32)
+        return reader.read(rows, cols, [int(channel)])[0].astype(np.float32)
     from .preprocess import registration_channel  # scikit-image: only for brightfield
 
+    pixels = reader.read(rows, cols)
     return registration_channel(pixels, modality, channel, info.rgb).astype(np.float32)
 
 
@@ -403,7 +405,7 @@ def _tile_residual(job: _Job, window: tuple[int, int, int, int]):
     level_shape = readers[0].shape[1:]
     rows_k = slice(wr0 * k, min(level_shape[0], wr1 * k))
     cols_k = slice(wc0 * k, min(level_shape[1], wc1 * k))
-    fixed = _signal(readers[0].read(rows_k, cols_k), job.fixed_info, channels["fixed"])
+    fixed = _signal(readers[0], rows_k, cols_k, job.fixed_info, channels["fixed"])
     if k > 1:  # a level much finer than the target: block means down to it
         pad = ((0, (wr1 - wr0) * k - fixed.shape[0]), (0, (wc1 - wc0) * k - fixed.shape[1]))
         fixed = np.pad(fixed, pad, mode="edge")
@@ -420,7 +422,7 @@ def _tile_residual(job: _Job, window: tuple[int, int, int, int]):
     c_hi = min(level_shape[1], int(np.ceil(coords[1].max())) + 3)
     if r_hi - r_lo < 8 or c_hi - c_lo < 8:
         return None, None
-    region = _signal(readers[1].read(slice(r_lo, r_hi), slice(c_lo, c_hi)), job.moving_info,
+    region = _signal(readers[1], slice(r_lo, r_hi), slice(c_lo, c_hi), job.moving_info,
                      channels["moving"])  # fmt: skip
     # moving level px per refinement px: a much finer level is smoothed first (no aliasing)
     ratio = down * job.transform_scale / moving_down
