@@ -70,7 +70,15 @@ rule case_integrity:
         f"{OUTDIR}/{{case}}/integrity.tsv",
     log:
         f"{OUTDIR}/logs/case_integrity/{{case}}.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/case_integrity/{{case}}.tsv"
     localrule: True
+    conda:
+        "../envs/regflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=10,
     params:
         images=case_value("integrity_images"),
     script:

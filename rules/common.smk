@@ -322,7 +322,7 @@ def sample_outputs(sample):
             names.append(f"annotations_{direction}.geojson")
     names += [f"associated/{name}.{IMAGE}" for name in associated_names(sample)]
     if has_integrity(sample):
-        names += ["integrity.tsv", "integrity.ome.tif"]
+        names += ["integrity.tsv", "integrity.ome.tif", "integrity.png"]
     return [f"{OUTDIR}/{sample}/{name}" for name in names]
 
 

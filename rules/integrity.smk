@@ -5,6 +5,7 @@ rule integrity:
         json=f"{OUTDIR}/{{sample}}/integrity.json",
         table=f"{OUTDIR}/{{sample}}/integrity.tsv",
         map=f"{OUTDIR}/{{sample}}/integrity.ome.tif",
+        figure=f"{OUTDIR}/{{sample}}/integrity.png",
     log:
         f"{OUTDIR}/logs/integrity/{{sample}}.log",
     benchmark:
@@ -20,6 +21,6 @@ rule integrity:
     params:
         section=config["integrity"],
         pixel_size=sample_value("reference_pixel_size_um"),
-        code=library_hash("integrity", "formats", "io", "runlog"),
+        code=library_hash("integrity", "formats", "io", "qc", "runlog"),
     script:
         "../scripts/integrity.py"

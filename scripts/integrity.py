@@ -4,8 +4,8 @@ import csv
 import os
 
 import numpy as np
-from regflow.formats import output_pixel_size
-from regflow.integrity import integrity_from_files
+from regflow.formats import RegionReader, choose_level, output_pixel_size, read_info
+from regflow.integrity import integrity_figure, integrity_from_files
 from regflow.io import write_ome_tiff
 from regflow.runlog import provenance, read_json, stage_log, write_json
 from regflow.transform import Transform
@@ -47,6 +47,14 @@ with stage_log(snakemake.log[0], "integrity", sample) as log:
     os.replace(tmp, snakemake.output.table)
     map_pixel = pixel_size * window if pixel_size else None
     write_ome_tiff(snakemake.output.map, grid[None].astype(np.float32), ["integrity"], map_pixel)
+    # the figure: the reference's nuclear channel from the level nearest 1500 px
+    info = read_info(snakemake.input.reference)
+    level = choose_level(info, max(info.shape) / 1500)
+    with RegionReader(snakemake.input.reference, level) as reader:
+        view = reader.read(slice(0, reader.shape[1]), slice(0, reader.shape[2]),
+                           [int(reference["channel"])])[0].astype(np.float32)  # fmt: skip
+    integrity_figure(snakemake.output.figure, sample, report, grid, table, view,
+                     view.shape[1] / info.shape[1])  # fmt: skip
     report |= {"sample": sample, "map_pixel_size_um": map_pixel,
                "provenance": provenance(settings)}  # fmt: skip
     write_json(snakemake.output.json, report)

@@ -145,3 +145,5 @@ def test_the_workflow_finds_the_lost_cells_and_flags_the_round(integrity_run):
     assert summary.loc["kept_grid", "tissue_lost_fraction"] < 0.02
     assert "tissue_loss" not in str(summary.loc["kept_grid", "flags"])
     assert len(pd.read_csv(workdir / "out" / "lost_grid" / "integrity.tsv", sep="\t")) == 0
+    for sample in ("lost", "lost_grid", "kept", "kept_grid"):  # the map and the lost cells
+        assert (workdir / "out" / sample / "integrity.png").stat().st_size > 10_000

@@ -245,3 +245,53 @@ def integrity_from_files(
         report["tissue_lost_fraction"] = float(share)
         report["measured_on"] = "grid"
     return report, table, grid
+
+
+def integrity_figure(
+    path: str,
+    sample: str,
+    report: dict,
+    grid: np.ndarray,
+    cells: CellIntegrity | None,
+    reference_view: np.ndarray,
+    view_scale: float,
+) -> None:
+    """``integrity.png``: the correlation map, and the reference's nuclear channel with the
+    lost cells marked (red; kept ones green), with the lost share in the title.
+
+    ``reference_view`` is the reference at a reduced level, ``view_scale`` its pixels per
+    full-resolution pixel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .qc import _save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.4), dpi=90, layout="constrained")
+    lost = report.get("tissue_lost_fraction") or 0.0
+    fig.suptitle(f"{sample} — tissue lost: {100 * lost:.1f} % of the reference's "
+                 f"{'cells' if report.get('measured_on') == 'cells' else 'tissue windows'}",
+                 fontsize=14)  # fmt: skip
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("#444444")
+    image = axes[0].imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1,
+                           interpolation="nearest")  # fmt: skip
+    fig.colorbar(image, ax=axes[0], shrink=0.7, label="correlation with the reference")
+    axes[0].set_title(f"correlation per {report.get('window_px')} px window (grey: not judged)")
+    low, high = np.percentile(reference_view, [1, 99.5])
+    axes[1].imshow(np.clip((reference_view - low) / max(high - low, 1e-6), 0, 1), cmap="gray")
+    if cells is not None and len(cells.cell):
+        x, y = cells.x * view_scale, cells.y * view_scale
+        kept = ~cells.lost & np.isfinite(cells.corr)
+        step = max(1, int(kept.sum() // 4000))  # kept cells thinned for a readable figure
+        axes[1].scatter(x[kept][::step], y[kept][::step], s=2, color="#40c040", linewidths=0)
+        axes[1].scatter(x[cells.lost], y[cells.lost], s=6, color="#ff3030", linewidths=0)
+        axes[1].set_title(f"reference: {int(cells.lost.sum())} of {len(cells.cell)} cells lost "
+                          "(red), kept (green)")  # fmt: skip
+    else:
+        axes[1].set_title("reference (no label image: the map alone)")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _save_figure(fig, path)
