@@ -198,7 +198,7 @@ def _round_two(outdir: Path, fluorescence, hematoxylin, landmarks, dark, pixel_s
     write_ome_tiff(outdir / "fluorescence_fixed_nuclei.ome.tif", labels[None].astype(np.uint16),
                    ["nuclei"], pixel_size)  # fmt: skip
     rows, cols = np.mgrid[: shape[0], : shape[1]]
-    disc = np.hypot(rows - 0.35 * shape[0], cols - 0.3 * shape[1]) < 0.12 * min(shape)
+    disc = np.hypot(rows - 0.35 * shape[0], cols - 0.3 * shape[1]) < 0.2 * min(shape)
     inside = np.unique(labels[disc & (labels > 0)])
     rng = np.random.default_rng(11)
     gone = rng.choice(inside, int(0.8 * len(inside)), replace=False) if len(inside) else []
