@@ -26,7 +26,13 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from regflow.example import CellWarp, nuclei_labels, nuclei_scene, render_cell_moving  # noqa: E402
+from regflow.example import (  # noqa: E402
+    CellWarp,
+    detached_nuclei,
+    nuclei_labels,
+    nuclei_scene,
+    render_cell_moving,
+)
 from regflow.io import read_image, write_ome_tiff  # noqa: E402
 from scale import run_workflow  # noqa: E402  (benchmarks/ is sys.path[0])
 
@@ -41,14 +47,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     round1, _ = nuclei_scene((size, size), 1.0, seed=5)
     labels = nuclei_labels(round1).astype(np.uint32)
-    centre, radius = np.array([0.55 * size, 0.4 * size]), size / 8
-    yy, xx = np.mgrid[:size, :size]
-    disc = np.hypot(yy - centre[0], xx - centre[1]) < radius
-    inside = np.unique(labels[disc & (labels > 0)])
-    gone = rng.choice(inside, int(0.8 * len(inside)), replace=False)
-    from scipy import ndimage as ndi
-
-    lost = ndi.binary_dilation(np.isin(labels, gone), iterations=3) & disc
+    lost, gone, disc = detached_nuclei(labels, (0.55 * size, 0.4 * size), size / 8, 0.8, rng,
+                                       rim=3)  # fmt: skip
     damaged = np.where(lost, 0.02, round1).astype(np.float32)
     warp = CellWarp((size, size), angle_deg=3.0, shift=(21.0, -13.0), smooth_px=3.0, n_bumps=0)
 

@@ -4,7 +4,7 @@ image and on the grid without one."""
 
 import numpy as np
 import pytest
-from regflow.example import nuclei_labels, nuclei_scene
+from regflow.example import detached_nuclei, nuclei_labels, nuclei_scene
 from regflow.integrity import CellSums, cell_integrity, window_correlation
 
 SIZE = 768
@@ -17,14 +17,9 @@ def rounds():
     rng = np.random.default_rng(3)
     image, centres = nuclei_scene((SIZE, SIZE), 1.0, seed=4)
     labels = nuclei_labels(image).astype(np.int64)
-    disc = np.hypot(*(np.mgrid[:SIZE, :SIZE] - np.array([400, 300])[:, None, None])) < 120
-    inside = [lab for lab in np.unique(labels[disc]) if lab]
-    gone = set(rng.choice(inside, int(0.8 * len(inside)), replace=False).tolist())
-    lost_pixels = np.isin(labels, list(gone))
     # the nucleus and a rim around it vanish (background)
-    from scipy import ndimage as ndi
-
-    lost_pixels = ndi.binary_dilation(lost_pixels, iterations=3) & disc
+    lost_pixels, gone, disc = detached_nuclei(labels, (400, 300), 120, 0.8, rng, rim=3)
+    gone = set(gone.tolist())
     round2 = np.where(lost_pixels, 0.02, image) * 0.7  # a dimmer round overall
     round1 = image + rng.normal(0, 0.02, image.shape)
     round2 = round2 + rng.normal(0, 0.02, image.shape)

@@ -186,23 +186,47 @@ def _save_points(path: Path, points: np.ndarray) -> None:
     pd.DataFrame({"X": points[:, 0], "Y": points[:, 1]}).to_csv(path, index=True)
 
 
+def detached_nuclei(
+    labels: np.ndarray,
+    centre_rc: tuple[float, float],
+    radius: float,
+    fraction: float,
+    rng: np.random.Generator,
+    rim: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nuclei that detached in a later round: ``fraction`` of the labelled nuclei of a disc
+    (``centre_rc`` (row, col), ``radius`` px), chosen by ``rng``.
+
+    Returns
+    -------
+    detached : ndarray of bool
+        Their pixels and a ``rim`` px around them, within the disc (background in the round).
+    gone : ndarray
+        Their labels.
+    disc : ndarray of bool
+    """
+    from scipy import ndimage as ndi
+
+    rows, cols = np.mgrid[: labels.shape[0], : labels.shape[1]]
+    disc = np.hypot(rows - centre_rc[0], cols - centre_rc[1]) < radius
+    inside = np.unique(labels[disc & (labels > 0)])
+    gone = rng.choice(inside, int(fraction * len(inside)), replace=False) if len(inside) else inside
+    detached = ndi.binary_dilation(np.isin(labels, gone), iterations=rim) & disc
+    return detached, gone, disc
+
+
 def _round_two(outdir: Path, fluorescence, hematoxylin, landmarks, dark, pixel_size) -> None:
     """A second cyclic round of the fluorescence section (``fluorescence_round2.ome.tif``,
     turned 6° and shifted on the stage) in which most nuclei of one region detached, and the
     reference's nucleus labels (``fluorescence_fixed_nuclei.ome.tif``): the example's
     ``fluorescence_rounds`` pair shows the tissue-integrity outputs."""
-    from scipy import ndimage as ndi
-
     shape = fluorescence.shape[1:]
     labels = nuclei_labels(hematoxylin)
     write_ome_tiff(outdir / "fluorescence_fixed_nuclei.ome.tif", labels[None].astype(np.uint16),
                    ["nuclei"], pixel_size)  # fmt: skip
-    rows, cols = np.mgrid[: shape[0], : shape[1]]
-    disc = np.hypot(rows - 0.35 * shape[0], cols - 0.3 * shape[1]) < 0.2 * min(shape)
-    inside = np.unique(labels[disc & (labels > 0)])
+    centre = (0.35 * shape[0], 0.3 * shape[1])
     rng = np.random.default_rng(11)
-    gone = rng.choice(inside, int(0.8 * len(inside)), replace=False) if len(inside) else []
-    detached = ndi.binary_dilation(np.isin(labels, gone), iterations=2) & disc
+    detached, _, _ = detached_nuclei(labels, centre, 0.2 * min(shape), 0.8, rng, rim=2)
     section = np.where(detached[None], dark[:, None, None], fluorescence.astype(np.float64))
     warp = KnownWarp(angle_deg=6.0, scale=1.0, shift=(0.02 * shape[1], -0.015 * shape[0]))
     moving = render_moving(section, warp, shape, dark)
