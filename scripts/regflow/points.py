@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .transform import Transform, apply_matrix, inside_image
+from .transform import Transform, apply_matrix, outside_both
 
 
 class PointsError(ValueError):
@@ -154,10 +154,7 @@ def map_points(points: np.ndarray, transform: Transform, direction: str) -> np.n
     else:
         result = transform.fixed_to_moving(points[valid])
         source = points[valid]
-        outside = ~inside_image(result[:, 0], result[:, 1], target_shape) & ~inside_image(
-            source[:, 0], source[:, 1], source_shape
-        )
-        result[outside] = np.nan
+        result[outside_both(source, result, source_shape, target_shape)] = np.nan
         mapped[valid] = result
     return mapped
 
@@ -181,9 +178,7 @@ def unmapped_reasons(
             image = transform.fixed_to_moving(source)
         else:  # where the global part alone puts it: the field is bounded, the images are not
             image = apply_matrix(np.linalg.inv(transform.affine), source)
-        outside[lost] = ~inside_image(source[:, 0], source[:, 1], source_shape) & ~inside_image(
-            image[:, 0], image[:, 1], target_shape
-        )
+        outside[lost] = outside_both(source, image, source_shape, target_shape)
     return {
         "missing": int(missing.sum()),
         "outside_both_images": int(outside.sum()),

@@ -46,6 +46,16 @@ def inside_image(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> np.nda
     return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
 
 
+def outside_both(
+    source_xy: np.ndarray, image_xy: np.ndarray, source_shape: tuple, target_shape: tuple
+) -> np.ndarray:
+    """Points outside their own image (``source_xy`` on ``source_shape``) whose image
+    (``image_xy``) is outside the other one as well: the only points that are not mapped."""
+    return ~inside_image(source_xy[:, 0], source_xy[:, 1], source_shape) & ~inside_image(
+        image_xy[:, 0], image_xy[:, 1], target_shape
+    )
+
+
 def _linear_weights(positions: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     """Linear-interpolation weights of ``positions`` on ``n`` samples, edges replicated
     (scipy's ``mode="nearest"``), as a dense matrix over the samples they touch.
@@ -204,9 +214,7 @@ class Transform:
             best[stuck] = self._search_inverse(best[stuck], points_xy[stuck])
             reached = self.fixed_to_moving(best[stuck])
             error[stuck] = np.linalg.norm(reached - points_xy[stuck], axis=1)
-        outside = ~inside_image(best[:, 0], best[:, 1], self.fixed_shape) & ~inside_image(
-            points_xy[:, 0], points_xy[:, 1], self.moving_shape
-        )
+        outside = outside_both(points_xy, best, self.moving_shape, self.fixed_shape)
         best[(error > tolerance) | outside | ~np.isfinite(best).all(axis=1)] = np.nan
         return best
 
