@@ -13,10 +13,11 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 
 
-# A registration id is a pair sheet's sample or an images sheet's case/image: one generic
+# A registration id is a pair sheet's sample, an images sheet's case/image, or a serial stack's
+# extra link case/moving~fixed: one generic
 # pattern (an alternation of every id made planning quadratic in the cohort size).
 wildcard_constraints:
-    sample=r"[A-Za-z0-9][A-Za-z0-9_.-]*(?:/[A-Za-z0-9][A-Za-z0-9_.-]*)?",
+    sample=r"[A-Za-z0-9][A-Za-z0-9_.-]*(?:/[A-Za-z0-9][A-Za-z0-9_.-]*(?:~[A-Za-z0-9][A-Za-z0-9_.-]*)?)?",
     case=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
@@ -28,6 +29,7 @@ localrules:
 include: "rules/preprocess.smk"
 include: "rules/rigid.smk"
 include: "rules/flow.smk"
+include: "rules/stack.smk"
 include: "rules/refine.smk"
 include: "rules/warp.smk"
 include: "rules/qc.smk"

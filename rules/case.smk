@@ -33,6 +33,8 @@ rule case_qc:
         warped=case_value("warped"),
         metrics=case_value("metrics"),
         integrity=case_value("integrity_reports"),
+        # serial sections: the stack solve's report and orthogonal views
+        serial=case_value("stack_outputs"),
     output:
         report(
             f"{OUTDIR}/{{case}}/case_qc.png",
@@ -58,6 +60,7 @@ rule case_qc:
         reference_modality=case_value("reference_modality"),
         reference_channel=case_value("reference_channel"),
         max_tissue_loss=config["qc"]["max_tissue_loss"],
+        thickness=case_value("thickness_um"),
         code=library_hash("qc", "formats", "channels", "preprocess", "runlog"),
     script:
         "../scripts/case_qc.py"

@@ -65,7 +65,7 @@ def read_sheet(path):
     return table
 
 
-def load_registrations(path, chain):
+def load_registrations(path, chain, link_distance=2):
     """One row per registration (a pair sheet's rows, or an images sheet's non-reference
     images; see regflow.cases), and the images sheet itself (None for a pair sheet)."""
     table = read_sheet(path)
@@ -73,7 +73,7 @@ def load_registrations(path, chain):
         kind = sheet_kind(table)
         if kind == "pairs":
             return from_pairs(table), None
-        return from_images(table, chain), table
+        return from_images(table, chain, link_distance), table
     except SheetError as error:
         raise ValueError(
             f"sample sheet {path} has {len(error.errors)} problem(s):\n  - "
@@ -81,7 +81,9 @@ def load_registrations(path, chain):
         ) from None
 
 
-samples, images_sheet = load_registrations(config["samples"], config["cases"]["chain"])
+samples, images_sheet = load_registrations(
+    config["samples"], config["cases"]["chain"], config["cases"]["link_distance"]
+)
 # All problems at once (ids, files, headers, channels, landmarks), then the schema's defaults.
 # Cluster job processes re-read the sheet: the files were checked before submission.
 HEADERS = {}  # path → ImageInfo, read once by the checks and reused by the resources
@@ -103,6 +105,14 @@ if images_sheet is None:
 else:
     validate(images_sheet, schema="../config/schemas/images.schema.yaml")
 samples = samples.set_index("sample", drop=False)
+# The registrations whose results are outputs (every row but the stack's extra links, which
+# run the registration stages only).
+SECTIONS = [
+    sample
+    for sample, link in zip(samples.index, samples["link"].fillna(""))
+    if link != "true"
+]
+CHAIN = config["cases"]["chain"]
 
 
 def _cell(record, column, default=""):
@@ -116,6 +126,16 @@ def case_summary(case, records):
     others = [r for r in records if r is not reference]
     folder = f"{OUTDIR}/{case}"
     fluorescence = [r for r in records if _cell(r, "modality") == "fluorescence"]
+    # the section order, when every image has its own (a volume); else none
+    orders = [_cell(r, "order") for r in records]
+    ordered = []
+    if all(o != "" for o in orders) and len(set(map(int, orders))) == len(orders):
+        ordered = [
+            r["image"]
+            for _, r in sorted(zip(map(int, orders), records), key=lambda x: x[0])
+        ]
+    positions = {r["image"]: int(o) for r, o in zip(records, orders) if o != ""}
+    links = CASE_REGISTRATIONS.get(case) if CHAIN else None
     return {
         "reference": reference["image"],
         "reference_path": reference["path"],
@@ -151,9 +171,35 @@ def case_summary(case, records):
             for r in others
             if r in fluorescence and reference in fluorescence
         ],
+        # serial sections: the volume's planes in order, and the stack solve's registrations
+        "ordered": ordered,
+        "positions": positions,
+        "thickness_um": _cell(reference, "thickness_um"),
+        "planes": [
+            (
+                reference["path"]
+                if image == reference["image"]
+                else f"{folder}/{image}/warped.{IMAGE}"
+            )
+            for image in ordered
+        ],
+        "links": [] if links is None else list(links["sample"]),
+        "stack_outputs": (
+            [f"{folder}/stack", f"{folder}/stack.json"] if links is not None else []
+        ),
+        "link_pairs": (
+            []
+            if links is None
+            else [[f, m] for f, m in zip(links["fixed_image"], links["image"])]
+        ),
     }
 
 
+CASE_REGISTRATIONS = (
+    {str(case): rows for case, rows in samples.groupby("case", sort=False)}
+    if CHAIN
+    else {}
+)
 CASES = (
     {}
     if images_sheet is None
@@ -312,6 +358,23 @@ def mem_mb_preprocess(wildcards, attempt):
     return int((800 + 6 * largest) * attempt)
 
 
+def stack_inputs(wildcards):
+    """The stack solve of a case: every registration's coarse transform (neighbours at
+    distance 1 and 2), each section's working image, and the reference's."""
+    info = CASES[wildcards.case]
+    sections = [s for s in info["links"] if samples.loc[s, "link"] != "true"]
+    anchor = samples.loc[sections[0], "anchor"]
+    return {
+        "transforms": [
+            rules.flow.output.transform.format(sample=s) for s in info["links"]
+        ],
+        "infos": [rules.flow.output.info.format(sample=s) for s in info["links"]],
+        "working": [rules.preprocess.output.moving.format(sample=s) for s in sections],
+        "reference": rules.preprocess.output.fixed.format(sample=anchor),
+        "anchor_info": rules.preprocess.output.info.format(sample=anchor),
+    }
+
+
 def sample_outputs(sample):
     """Every final output of one sample."""
     names = [f"warped.{IMAGE}", "transform.npz", "metrics.json", "qc.png"]
@@ -328,23 +391,19 @@ def sample_outputs(sample):
 
 def all_outputs():
     outputs = [f"{OUTDIR}/summary.tsv", f"{OUTDIR}/summary.png"]
-    for sample in samples.index:
+    for sample in SECTIONS:
         outputs += sample_outputs(sample)
     for case, info in CASES.items():
         outputs.append(f"{OUTDIR}/{case}/case_qc.png")
+        if info["ordered"]:
+            outputs.append(f"{OUTDIR}/{case}/volume.ome.zarr")
+            if not ZARR:
+                outputs.append(f"{OUTDIR}/{case}/volume.ome.tif")
         if info["merge_images"]:
             outputs.append(f"{OUTDIR}/{case}/merged.{IMAGE}")
         if info["integrity_images"]:
             outputs.append(f"{OUTDIR}/{case}/integrity.tsv")
     return outputs
-
-
-def previous_transform(wildcards):
-    """Chain mode: the transform (reference → neighbour) this registration composes with."""
-    previous = samples.loc[wildcards.sample, "previous"]
-    if previous is None or pd.isna(previous) or previous == "":
-        return {}
-    return {"previous": rules.flow.output.transform.format(sample=previous)}
 
 
 def refine_inputs(wildcards):
@@ -353,10 +412,16 @@ def refine_inputs(wildcards):
     registration's fixed image, as for the QC."""
     sample = wildcards.sample
     anchor = samples.loc[sample, "anchor"]
+    stack = samples.loc[sample, "stack"]
     return {
         "fixed": samples.loc[sample, "reference_path"],
         "moving": samples.loc[sample, "moving"],
-        "transform": rules.flow.output.transform.format(sample=sample),
+        # serial sections: this section's transform from the case's stack solve
+        "transform": (
+            f"{OUTDIR}/{stack}/stack"
+            if stack
+            else rules.flow.output.transform.format(sample=sample)
+        ),
         "info": rules.preprocess.output.info.format(sample=sample),
         "anchor_info": rules.preprocess.output.info.format(sample=anchor),
         "working": rules.preprocess.output.fixed.format(sample=anchor),
@@ -413,6 +478,9 @@ def qc_inputs(wildcards):
         inputs["landmarks_warped"] = rules.points.output[0].format(
             sample=wildcards.sample
         )
+    stack = samples.loc[wildcards.sample, "stack"]
+    if stack:  # serial sections: the evidence is judged against the neighbours
+        inputs["stack"] = f"{OUTDIR}/{stack}/stack.json"
     if has_value(wildcards.sample, "moving_annotations"):  # drawn on the QC figure
         inputs["annotations_warped"] = (
             f"{OUTDIR}/{wildcards.sample}/annotations_warped.geojson"
@@ -429,7 +497,7 @@ def write_summary_after_failure():
     from regflow.qc import cohort_table, failure_reason, write_summary
 
     results, failures = {}, {}
-    for sample in samples.index:
+    for sample in SECTIONS:
         metrics = Path(OUTDIR, sample, "metrics.json")
         complete = all(Path(p).exists() for p in sample_outputs(sample))
         results[sample] = json.loads(metrics.read_text()) if complete else None

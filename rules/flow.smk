@@ -1,10 +1,9 @@
 rule flow:
     input:
-        # chain mode: the neighbour's transform to the reference, composed with this step
-        unpack(previous_transform),
         fixed=rules.preprocess.output.fixed,
         moving=rules.preprocess.output.moving,
         rigid=rules.rigid.output[0],
+        info=rules.preprocess.output.info,
     output:
         # the coarse transform; refine adds the fine component (transform.npz)
         transform=f"{OUTDIR}/{{sample}}/flow/transform.npz",
@@ -26,6 +25,12 @@ rule flow:
         runtime=30,
     params:
         section=config["flow"],
-        code=library_hash("flow", "rigid", "transform", "metrics", "runlog"),
+        # serial sections (a stack): the flow between sections is smoothed over tissue scale
+        serial=lambda wildcards: (
+            {"smoothing_um": config["cases"]["flow_smoothing_um"]}
+            if samples.loc[wildcards.sample, "stack"]
+            else {}
+        ),
+        code=library_hash("flow", "rigid", "review", "transform", "metrics", "runlog"),
     script:
         "../scripts/flow.py"

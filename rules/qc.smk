@@ -39,11 +39,11 @@ rule qc:
 
 rule summary:
     input:
-        metrics=expand(f"{OUTDIR}/{{sample}}/metrics.json", sample=samples.index),
+        metrics=expand(f"{OUTDIR}/{{sample}}/metrics.json", sample=SECTIONS),
         # rounds that share a nuclear channel: the tissue lost since the reference
         integrity=[
             f"{OUTDIR}/{sample}/integrity.json"
-            for sample in samples.index
+            for sample in SECTIONS
             if has_integrity(sample)
         ],
     output:

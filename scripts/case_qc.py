@@ -39,5 +39,14 @@ with stage_log(snakemake.log[0], "case_qc", case) as log:
         if entry["sample"] in reports:
             tissue_loss_review(entry, reports[entry["sample"]], params.max_tissue_loss)
         panels.append((image, view(warped, modality, channel, reference.shape), entry))
-    case_figure(snakemake.output[0], case, (params.reference, np.asarray(reference)), panels)
+    serial = None
+    if snakemake.input.serial:  # serial sections: the stack solve's report and views
+        folder, report = snakemake.input.serial
+        serial = read_json(report)
+        with np.load(f"{folder}/views.npz") as views:
+            serial["views"] = {k: views[k] for k in views.files if k.startswith(("xz", "yz"))}
+        serial["thickness_um"] = float(params.thickness) if params.thickness else None
+        serial["working_pixel_um"] = serial.get("working_pixel_um")
+    case_figure(snakemake.output[0], case, (params.reference, np.asarray(reference)), panels,
+                serial)  # fmt: skip
     log.info("case %s: %d image(s) over %s", case, len(panels), params.reference)

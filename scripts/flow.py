@@ -4,8 +4,9 @@ import time
 
 import numpy as np
 from regflow import flow
+from regflow.review import global_evidence
+from regflow.rigid import overlap_mask, warp_fast
 from regflow.runlog import provenance, read_json, stage_log, write_json
-from regflow.transform import Transform, compose
 
 sample = snakemake.wildcards.sample
 settings = dict(snakemake.params.section)
@@ -14,6 +15,16 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
     start = time.perf_counter()
     fixed, moving = np.load(snakemake.input.fixed), np.load(snakemake.input.moving)
     rigid = read_json(snakemake.input.rigid)
+    if snakemake.params.serial:
+        # serial sections share tissue structures, not cells: a field smoothed over the tissue
+        # scale (ILK), so that matches between different cells do not add noise
+        pixel = read_json(snakemake.input.info)["fixed"].get("pixel_size_um")
+        working_um = pixel / float(fixed["full_to_working"][0, 0]) if pixel else None
+        sigma = (snakemake.params.serial["smoothing_um"] / working_um if working_um
+                 else 0.03 * max(fixed["image"].shape))  # fmt: skip
+        settings["method"] = "ilk"
+        settings["smoothing_sigma"] = max(settings["smoothing_sigma"], sigma)
+        log.info("serial sections: ILK smoothed over %.1f working px", settings["smoothing_sigma"])
     solver = {
         key: settings[key]
         for key in ("attachment", "tightness", "num_warp", "num_iter", "ilk_radius")
@@ -42,12 +53,18 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
         fixed["full_shape"],
         moving["full_shape"],
     )
-    if hasattr(snakemake.input, "previous"):
-        # Chain mode: this step maps the neighbour onto this image; the neighbour's own
-        # transform maps the reference onto the neighbour. Their composition is saved.
-        transform = compose(Transform.load(snakemake.input.previous), transform)
-        log.info("composed with %s (reference → neighbour)", snakemake.input.previous)
     transform.save(snakemake.output.transform)
+    # how related the two images are at the global alignment (a serial stack's solve weighs
+    # each registration by it; the QC judges a pair by the same measure)
+    matrix = np.asarray(rigid["fixed_to_moving_working"])
+    shape = fixed["image"].shape
+    evidence = global_evidence(
+        fixed["image"],
+        fixed["tissue_mask"],
+        warp_fast(moving["image"], matrix, shape, mode="nearest"),
+        warp_fast(moving["tissue_mask"].astype(np.float32), matrix, shape) > 0.5,
+        overlap_mask(moving["image"].shape, matrix, shape),
+    )
     magnitude = np.hypot(*transform.displacement)
     write_json(
         snakemake.output.info,
@@ -58,6 +75,7 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
             "reason": result.reason,
             "ncc_rigid": result.ncc_rigid,
             "ncc_final": result.ncc_final,
+            "evidence": evidence["evidence"],
             "displacement_max_px": float(magnitude.max()),
             "displacement_mean_px": float(magnitude.mean()),
             "seconds": time.perf_counter() - start,

@@ -65,6 +65,14 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         refined=bool(refine.get("tiles_accepted")),
     )
     pixel_size = preprocess_info["moving"]["pixel_size_um"]
+    evidence, thresholds = None, {k: v for k, v in settings.items() if k != "min_ncc"}
+    if hasattr(snakemake.input, "stack"):
+        # a serial section: related to its neighbours (distance 1 and 2) by construction, not
+        # to a reference many sections away, whose cells and structures differ
+        stack = read_json(snakemake.input.stack)
+        entry = stack["sections"][sample.rsplit("/", 1)[-1]]
+        evidence = {"evidence": entry["evidence"], "against": "neighbours"}
+        thresholds["min_evidence"] = stack["min_evidence"]
     translation = np.asarray(rigid["translation_px"])
     review = review_registration(
         fixed,
@@ -79,8 +87,9 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         ),
         flow_accepted=flow["accepted"],
         rotation_deg=rigid["rotation_deg"],
-        thresholds={k: v for k, v in settings.items() if k != "min_ncc"},
+        thresholds=thresholds,
         sampled=sampled,
+        evidence=evidence,
     )
     metrics = {
         "sample": sample,

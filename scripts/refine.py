@@ -1,6 +1,7 @@
 """Rule refine: the full-resolution refinement, tile by tile; writes the final transform."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 from regflow.formats import read_info
@@ -23,8 +24,11 @@ with stage_log(snakemake.log[0], "refine", sample) as log:
     }  # fmt: skip
     with np.load(snakemake.input.working) as working:
         mask, full_to_working = working["tissue_mask"], working["full_to_working"]
+    coarse = Path(snakemake.input.transform)
+    if coarse.is_dir():  # serial sections: this section's transform from the stack solve
+        coarse = coarse / f"{sample.rsplit('/', 1)[-1]}.npz"
     result = refine_transform(
-        Transform.load(snakemake.input.transform),
+        Transform.load(coarse),
         infos["fixed"],
         infos["moving"],
         {role: (entry["modality"], entry["channel"])

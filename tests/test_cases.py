@@ -54,14 +54,21 @@ def test_chain_mode_needs_an_order_and_links_each_image_to_its_neighbour():
     # the reference in the middle: both directions walk toward it
     sheet = _sheet([_image("c", f"s{i}", "true" if i == 3 else "false", order=str(i))
                     for i in (5, 1, 2, 3, 4)])  # fmt: skip
-    chain = from_images(sheet, chain=True).set_index("image")
-    assert chain.loc["s2", "fixed"] == "s3.tif" and chain.loc["s2", "previous"] == ""
-    assert chain.loc["s1", "fixed"] == "s2.tif" and chain.loc["s1", "previous"] == "c/s2"
-    assert chain.loc["s5", "fixed"] == "s4.tif" and chain.loc["s5", "previous"] == "c/s4"
+    model = from_images(sheet, chain=True)
+    chain = model[model["link"] != "true"].set_index("image")
+    assert chain.loc["s2", "fixed"] == "s3.tif" and chain.loc["s1", "fixed"] == "s2.tif"
+    assert chain.loc["s5", "fixed"] == "s4.tif" and chain.loc["s4", "fixed"] == "s3.tif"
     assert chain.loc["s5", "anchor"] == "c/s4" and chain.loc["s1", "anchor"] == "c/s2"
+    assert set(chain["stack"]) == {"c"}
     assert set(chain["fixed_landmarks"].fillna("")) == {""}  # always the reference's
+    # the stack's extra links: two steps toward the reference, and across it
+    links = model[model["link"] == "true"].set_index("sample")
+    assert sorted(links.index) == ["c/s1~s3", "c/s4~s2", "c/s5~s3"]
+    assert links.loc["c/s1~s3", "fixed"] == "s3.tif" and links.loc["c/s1~s3", "moving"] == "s1.tif"
+    assert links.loc["c/s4~s2", "fixed"] == "s2.tif" and links.loc["c/s4~s2", "anchor"] == "c/s2"
+    assert links["fixed_landmarks"].isna().all()  # registration stages only
     direct = from_images(sheet).set_index("image")
-    assert (direct["fixed"] == "s3.tif").all() and (direct["previous"] == "").all()
+    assert (direct["fixed"] == "s3.tif").all() and (direct["stack"] == "").all()
     assert list(direct.index) == ["s5", "s1", "s2", "s4"]  # sheet order
     assert list(direct["sample"]) == ["c/s5", "c/s1", "c/s2", "c/s4"]
 
@@ -71,7 +78,7 @@ def test_a_pair_is_a_case_of_two_images():
     model = from_pairs(pairs).iloc[0]
     assert model["sample"] == "p1" and model["case"] == "p1"
     assert model["reference_path"] == "f.tif" and model["anchor"] == "p1"
-    assert model["previous"] == ""
+    assert model["stack"] == "" and model["link"] == ""
 
 
 def _random_transform(rng, shape, amplitude):
@@ -190,9 +197,12 @@ def test_rounds_register_within_half_a_pixel_and_merge_to_the_truth(cases):
 
 @pytest.mark.workflow
 def test_chain_mode_composes_serial_sections_to_the_reference(cases):
+    """The plain chain (cases.solve: chain) composes the neighbour registrations exactly:
+    this case's sections accumulate their deformation step by step (a genuine trend, which
+    the stack solve's drift removal is not for)."""
     workdir, _ = cases
     (workdir / "chain.yaml").write_text(
-        "samples: images.tsv\noutdir: out_chain\ncases:\n  chain: true\n"
+        "samples: images.tsv\noutdir: out_chain\ncases:\n  chain: true\n  solve: chain\n"
     )
     run_snakemake(workdir, "--cores", "2", "--configfile", str(workdir / "chain.yaml"))
     out = workdir / "out_chain" / "serial"
@@ -206,10 +216,11 @@ def test_chain_mode_composes_serial_sections_to_the_reference(cases):
         mapped = _errors_px(workdir / "data" / "serial_s1_landmarks.csv",
                             out / image / "landmarks_warped.csv")  # fmt: skip
         assert mapped.max() < 0.5, (image, mapped)
-    log = (workdir / "out_chain" / "logs" / "flow" / "serial" / "s4.log").read_text()
-    assert "composed with" in log and "serial/s3/flow/transform.npz" in log
-    log = (workdir / "out_chain" / "logs" / "flow" / "serial" / "s2.log").read_text()
-    assert "composed with" not in log  # s2's neighbour is the reference
+    report = json.loads((out / "stack.json").read_text())
+    assert report["solve"] == "chain" and report["order"] == ["s1", "s2", "s3", "s4"]
+    # the extra link s3 → s1 ran its registration stages only
+    assert (out / "s3~s1" / "flow" / "transform.npz").exists()
+    assert not (out / "s3~s1" / "warped.ome.tif").exists()
 
 
 @pytest.mark.workflow
@@ -255,7 +266,8 @@ def test_case_annotations_go_both_ways_between_each_image_and_the_reference():
                     _image("c", "ihc", order="2", annotations="ihc.geojson", associated="m.tif"),
                     _image("c", "ki67", order="3")])  # fmt: skip
     for chain in (False, True):
-        model = from_images(sheet, chain=chain).set_index("image")
+        model = from_images(sheet, chain=chain)
+        model = model[model["link"] != "true"].set_index("image")
         # the reference's annotations go to every image, each image's to the reference
         assert list(model["fixed_annotations"]) == ["he.geojson", "he.geojson"]
         assert model.loc["ihc", "moving_annotations"] == "ihc.geojson"

@@ -9,12 +9,15 @@ registrations (one row per moving image, the columns of the pair sheet):
 - the **images sheet**, one row per image (``case, image, path, modality, channel,
   landmarks, pixel_size_um, reference, order``): the registration id is ``case/image``.
 
-In *direct* mode every image is registered onto the reference. In *chain* mode images are
-sorted by ``order`` and each is registered onto its neighbour one step nearer the reference;
-``previous`` then names the registration whose transform (to the reference) is composed with
-this one, and ``anchor`` the registration of the chain that starts at the reference (its
-preprocessed fixed image is the reference at working resolution). The registration's
-``fixed_landmarks`` are always the reference's, so errors are measured in the reference frame.
+In *direct* mode every image is registered onto the reference. In *stack* mode
+(``cases.chain``, serial sections) images are sorted by ``order``; each is registered onto its
+neighbour one step nearer the reference, and also onto the section two steps nearer (extra
+*link* rows, ``sample = "<case>/<moving>~<fixed>"``, that run only the registration stages);
+the case's ``stack`` rule then combines all these pairwise transforms into one transform
+per section (:mod:`regflow.stack`). ``stack`` names the case in stack mode (empty otherwise),
+``link`` is true on link rows, and ``anchor`` names the registration whose preprocessed fixed
+image is the reference at working resolution. The registration's ``fixed_landmarks`` are
+always the reference's, so errors are measured in the reference frame.
 """
 
 from __future__ import annotations
@@ -54,11 +57,11 @@ IMAGE_COLUMNS = {
     "associated": "_associated",
     "cells": "_cells",
 }
-IMAGES_SHEET_COLUMNS = ("case", "image", *IMAGE_COLUMNS, "reference", "order")
+IMAGES_SHEET_COLUMNS = ("case", "image", *IMAGE_COLUMNS, "reference", "order", "thickness_um")
 # Added to every registration row (derived, not user columns).
 MODEL_COLUMNS = (
     "case", "image", "fixed_image", "reference_image", "reference_path",
-    "reference_pixel_size_um", "previous", "anchor",
+    "reference_pixel_size_um", "anchor", "stack", "link",
 )  # fmt: skip
 TRUE = ("true", "yes", "1", "y", "t")
 FALSE = ("false", "no", "0", "n", "f", "")
@@ -100,12 +103,13 @@ def from_pairs(table: pd.DataFrame) -> pd.DataFrame:
     out["reference_image"] = ""
     out["reference_path"] = out["fixed"]
     out["reference_pixel_size_um"] = out.get("fixed_pixel_size_um", "")
-    out["previous"] = ""
     out["anchor"] = out["sample"]
+    out["stack"] = ""
+    out["link"] = ""
     return out
 
 
-def from_images(table: pd.DataFrame, chain: bool = False) -> pd.DataFrame:
+def from_images(table: pd.DataFrame, chain: bool = False, link_distance: int = 2) -> pd.DataFrame:
     """Registrations of an images sheet (every problem at once in a :class:`SheetError`).
 
     Each non-reference image becomes one row with ``sample = "<case>/<image>"``, its own
@@ -175,15 +179,30 @@ def from_images(table: pd.DataFrame, chain: bool = False) -> pd.DataFrame:
                 errors.append(f"{where}: column order: repeated values {sorted(known)}; each "
                               "section needs its own position in chain mode")  # fmt: skip
                 continue
+        thickness = images.get("thickness_um")
+        if thickness is not None:
+            values = {str(v).strip() for v in thickness if not _blank(v)}
+            if len(values) > 1:
+                errors.append(f"{where}: column thickness_um: {sorted(values)} differ; the "
+                              "section thickness is one value per case, on every row")  # fmt: skip
+            for value in values:
+                try:
+                    ok = float(value) > 0
+                except ValueError:
+                    ok = False
+                if not ok:
+                    errors.append(f"{where}: column thickness_um: {value!r} is not a positive "
+                                  "number (µm)")  # fmt: skip
         records = images.to_dict("records")
         reference = records[int(is_reference.argmax())]
-        rows += _case_registrations(str(case), records, reference, positions, chain)
+        rows += _case_registrations(str(case), records, reference, positions, chain,
+                                    link_distance)  # fmt: skip
     if errors:
         raise SheetError(errors)
     return pd.DataFrame(rows)
 
 
-def _case_registrations(case, records, reference, positions, chain) -> list[dict]:
+def _case_registrations(case, records, reference, positions, chain, distance=2) -> list[dict]:
     def values(record, role):
         return {f"{role}{suffix}": record.get(column) for column, suffix in IMAGE_COLUMNS.items()}
 
@@ -192,7 +211,7 @@ def _case_registrations(case, records, reference, positions, chain) -> list[dict
 
     reference_id = str(reference["image"])
     others = [r for r in records if r is not reference]
-    targets, previous, anchor = {}, {}, {}
+    targets, anchor, links = {}, {}, []
     if chain:
         ordered = sorted(zip(positions, records, strict=True), key=lambda item: item[0])
         ordered = [record for _, record in ordered]
@@ -201,11 +220,16 @@ def _case_registrations(case, records, reference, positions, chain) -> list[dict
             if i == r:
                 continue
             step = -1 if i > r else 1
-            neighbour = ordered[i + step]
-            targets[id(record)] = neighbour
-            previous[id(record)] = "" if neighbour is reference else rid(neighbour)
-            first = ordered[r - step]  # the chain's first section after the reference
-            anchor[id(record)] = rid(first)
+            targets[id(record)] = ordered[i + step]
+            anchor[id(record)] = rid(ordered[r - step])  # the first section after the reference
+            for skip in range(2, distance + 1):  # links that skip the neighbour(s)
+                if abs(i - r) >= skip:
+                    links.append((record, ordered[i + skip * step], anchor[id(record)]))
+        for below in range(1, distance):  # across the reference
+            for above in range(1, distance - below + 1):
+                if r - below >= 0 and r + above < len(ordered):
+                    near, far = sorted((r - below, r + above), key=lambda k: (abs(k - r), k))
+                    links.append((ordered[far], ordered[near], rid(ordered[r - below])))
     rows = []
     for record in others:
         target = targets.get(id(record), reference)
@@ -223,8 +247,28 @@ def _case_registrations(case, records, reference, positions, chain) -> list[dict
             "reference_image": reference_id,
             "reference_path": reference.get("path"),
             "reference_pixel_size_um": reference.get("pixel_size_um"),
-            "previous": previous.get(id(record), ""),
             "anchor": anchor.get(id(record), rid(record)),
+            "stack": case if chain else "",
+            "link": "",
+        }
+        rows.append(row)
+    for moving, fixed, first in links:
+        # registration stages only: no landmarks, annotations, cells or associated images
+        row = {"sample": f"{case}/{moving['image']}~{fixed['image']}"}
+        row |= {f"fixed{suffix}": fixed.get(column) for column, suffix in IMAGE_COLUMNS.items()
+                if column in ("path", "modality", "channel", "pixel_size_um")}  # fmt: skip
+        row |= {f"moving{suffix}": moving.get(column) for column, suffix in IMAGE_COLUMNS.items()
+                if column in ("path", "modality", "channel", "pixel_size_um")}  # fmt: skip
+        row |= {
+            "case": case,
+            "image": str(moving["image"]),
+            "fixed_image": str(fixed["image"]),
+            "reference_image": reference_id,
+            "reference_path": reference.get("path"),
+            "reference_pixel_size_um": reference.get("pixel_size_um"),
+            "anchor": first,
+            "stack": case,
+            "link": "true",
         }
         rows.append(row)
     return rows

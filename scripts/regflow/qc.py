@@ -13,7 +13,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-from .imageops import gaussian  # noqa: E402
 from .metrics import ncc, nmi, target_registration_error, tre_summary  # noqa: E402
 from .points import unmapped_reasons  # noqa: E402
 from .transform import Transform, apply_matrix, inside_image  # noqa: E402
@@ -707,9 +706,12 @@ def case_figure(
     case: str,
     reference: tuple[str, np.ndarray],
     images: list[tuple[str, np.ndarray, dict | None]],
+    serial: dict | None = None,
 ) -> None:
     """One case on one page: every registered image over the reference, and a strip of
-    per-image median rTRE and final NCC.
+    per-image median rTRE and final NCC; for serial sections (``serial``: the stack solve's
+    report with its ``views``), orthogonal views through the volume before and after the
+    alignment and a strip of each section's evidence against its neighbours and its drift.
 
     Parameters
     ----------
@@ -723,8 +725,11 @@ def case_figure(
     n = len(images)
     columns = min(4, n)
     rows = -(-n // columns)
-    fig = plt.figure(figsize=(4 * columns, 4 * rows + 3), dpi=90, layout="constrained")
-    grid = fig.add_gridspec(rows + 1, columns, height_ratios=[4] * rows + [3])
+    extra = [3, 3] if serial else []
+    fig = plt.figure(figsize=(4 * columns, 4 * rows + 3 + sum(extra)), dpi=90,
+                     layout="constrained")  # fmt: skip
+    grid = fig.add_gridspec(rows + 1 + len(extra), columns,
+                            height_ratios=[4] * rows + [3] + extra)  # fmt: skip
     for index, (image, view, metrics) in enumerate(images):
         ax = fig.add_subplot(grid[index // columns, index % columns])
         status = (metrics or {}).get("status", "failed")
@@ -764,11 +769,53 @@ def case_figure(
         strip.text(0.5, 0.5, "no landmarks in this case", ha="center", transform=strip.transAxes)
     strip.legend(loc="upper left", fontsize=9)
     twin.legend(loc="upper right", fontsize=9)
+    if serial:
+        _serial_rows(fig, grid, rows + 1, columns, serial)
     fig.suptitle(
         f"case {case}: {n} image(s) over the reference {name} (magenta reference, green image)",
         fontsize=13,
     )
     _save_figure(fig, path)
+
+
+def _serial_rows(fig, grid, row: int, columns: int, serial: dict) -> None:
+    """Orthogonal views (xz, yz) before and after the stack alignment, and per section its
+    evidence against its neighbours and how far the stack solve moved it from the chain."""
+    views, order = serial["views"], serial["order"]
+    thickness = serial.get("thickness_um") or 1.0
+    spacing = serial.get("working_pixel_um") or 1.0
+    panels = [("xz_before", "xz before"), ("xz_after", "xz after"),
+              ("yz_before", "yz before"), ("yz_after", "yz after")]  # fmt: skip
+    span = max(1, columns // 2) if columns < 4 else 1
+    for index, (key, title) in enumerate(panels[: max(2, columns)]):
+        ax = fig.add_subplot(grid[row, (index * span) % columns : (index * span) % columns + span])
+        data = np.asarray(views[key], float)
+        low, high = np.nanpercentile(data, [1, 99]) if data.size else (0, 1)
+        extent = (0, data.shape[1] * spacing, len(order) * thickness, 0)
+        ax.imshow(data, cmap="gray", vmin=low, vmax=high, aspect="auto", extent=extent,
+                  interpolation="nearest")  # fmt: skip
+        ax.set_title(f"{title} (a line through the tissue, every section)", fontsize=9)
+        ax.set_xlabel("µm" if serial.get("working_pixel_um") else "px")
+        ax.set_ylabel("depth, µm" if serial.get("thickness_um") else "section")
+    strip = fig.add_subplot(grid[row + 1, :])
+    sections = serial["sections"]
+    x = np.arange(len(order))
+    evidence = [sections.get(s, {}).get("evidence", np.nan) for s in order]
+    colours = ["#d62728" if s in serial.get("unrelated", []) else "#4e79a7" for s in order]
+    strip.bar(x, np.nan_to_num(evidence, nan=0.0), color=colours, width=0.6,
+              label="evidence against neighbours")  # fmt: skip
+    strip.axhline(serial.get("min_evidence", 9.0), color="#d62728", lw=1, ls="--")
+    strip.set_ylabel("evidence")
+    strip.set_xticks(x, order, rotation=60 if len(order) > 12 else 0, fontsize=8)
+    twin = strip.twinx()
+    moved = [sections.get(s, {}).get("chain_vs_stack_um", np.nan) for s in order]
+    twin.plot(x, moved, "o-", color="#e15759", label="stack vs chain (median µm)")
+    twin.set_ylabel("µm")
+    strip.legend(loc="upper left", fontsize=9)
+    twin.legend(loc="upper right", fontsize=9)
+    strip.set_title("serial sections: evidence against the neighbours (red bar: flagged "
+                    "unrelated_images) and how far the stack solve moved each section from the "
+                    "plain chain", fontsize=10)  # fmt: skip
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -852,12 +899,14 @@ def review_registration(
     rotation_deg: float | None = None,
     thresholds: dict | None = None,
     sampled: dict | None = None,
+    evidence: dict | None = None,
 ) -> dict:
     """Everything :func:`regflow.review.review` needs, measured; returns ``{"flags",
     "info", "measures"}`` for metrics.json. ``pixel_ratio``: moving / fixed pixel size when
     both are known; ``sampled``: the stages of ``transform`` already resampled
-    (:func:`sample_stages`), else done here."""
-    from .review import affine_shape, alignment_evidence, field_regularity, review, tissue_overlap
+    (:func:`sample_stages`), else done here; ``evidence``: the alignment evidence measured
+    elsewhere (a serial section's, against its neighbours rather than the far reference)."""
+    from .review import affine_shape, field_regularity, global_evidence, review, tissue_overlap
 
     if sampled is None:
         stages = stage_transforms(transform)
@@ -865,12 +914,8 @@ def review_registration(
     _, mask, footprint = sampled["final"]
     # Whether the images are related is judged at the global alignment: a non-rigid field
     # can fit unrelated textures (TV-L1 raised an IHC against a retina photograph above the
-    # threshold). Structure at a middle scale (smoothed over 0.4 % of the image, normalised
-    # over 3.2 %): finer, chance matches of texture count; coarser, little is left.
-    size = max(fixed.image.shape)
+    # threshold).
     aligned, aligned_mask, aligned_footprint = sampled["rigid"]
-    region = (fixed.tissue_mask | aligned_mask) & aligned_footprint
-    smooth = (gaussian(im, max(0.5, 0.004 * size)) for im in (fixed.image, aligned))
     to_grid = transform.fixed_full_to_working
     both_tissue = fixed.tissue_mask & mask & footprint
     field_grid = transform.displacement.shape[1:]
@@ -878,7 +923,10 @@ def review_registration(
         both_tissue = _resize_mask(both_tissue, field_grid)
     spacing = (1 / to_grid[1, 1], 1 / to_grid[0, 0])
     measures = {
-        "evidence": alignment_evidence(*smooth, region, max(1.0, 0.032 * size)),
+        "evidence": evidence
+        or global_evidence(
+            fixed.image, fixed.tissue_mask, aligned, aligned_mask, aligned_footprint
+        ),  # fmt: skip
         "overlap": tissue_overlap(fixed.tissue_mask, mask, footprint),
         "field": field_regularity(
             transform.displacement, spacing, both_tissue, (thresholds or {}).get("max_jump", 0.5)

@@ -1,0 +1,319 @@
+"""Serial sections rebuilt as one stack: one transform per section (reference frame → section)
+from the pairwise registrations of neighbours at distances 1 and 2.
+
+Composing neighbour registrations along the stack (a *chain*) has two faults: an error of one
+pair moves every section beyond it (a torn or swapped section derails the rest of the
+stack), and content-to-content alignment follows structures that run obliquely through the
+block, so the sections drift away from the block's geometry, more the farther they are.
+
+:func:`solve_stack` works on the positions ``X_s(p)`` of a grid of reference points ``p`` in
+every section ``s``:
+
+1. **Start** from the chain: ``X_s = T(X_n)`` through the registration onto the neighbour
+   ``n`` one step nearer the reference (``X_ref(p) = p``).
+2. **Reconcile** every link ``f → m`` (a registration of section ``m`` onto section ``f``,
+   ``T``, mapping ``f``'s pixels to ``m``'s) by weighted least squares, node by node: each
+   section's position is the weighted mean of what its links predict (``T(X_f)`` for the
+   moving side; one Newton step of ``T⁻¹`` from the current position for the fixed side),
+   swept outwards from the reference until it settles. Weights are robust (Cauchy, scale
+   ``robust_um``) after a first unweighted pass, per node: a link that disagrees with the
+   others there (a torn area, a swapped section, a failed pair) is out-voted, so one bad
+   section does not move its neighbours — they reach each other over the distance-2 links.
+3. **Remove the drift**: each section's map is split into a rigid pose ``R_s`` and a
+   displacement ``d_s(p)`` in the reference frame; per node, the part of ``d`` that grows
+   linearly along the stack (``b(p) · (z_s − z_ref)``, fitted over all sections with their
+   reliabilities as weights) is what following oblique structures adds up to; it is removed,
+   shrunk towards zero by its own uncertainty (``b · max(0, 1 − se²/|b|²)``), so that where
+   there is no drift the sections' own distortions are left as they are.
+
+Each section's result is a :class:`~regflow.transform.Transform` (affine ``R_s``, the field
+``d_s`` on the solve grid) in the reference frame, as every consumer expects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .transform import Transform, _grid_matrix, _nodes, apply_matrix
+
+
+@dataclass
+class Link:
+    """A pairwise registration: ``transform`` maps section ``fixed``'s pixels to ``moving``'s."""
+
+    fixed: str
+    moving: str
+    transform: Transform
+    weight: float = 1.0
+
+
+@dataclass
+class StackResult:
+    transforms: dict[str, Transform]
+    chain: dict[str, np.ndarray]  # the chain's positions (n, 2), for the drift report
+    positions: dict[str, np.ndarray]  # the final positions (n, 2)
+    link_weights: dict[tuple[str, str], float]  # mean robust weight over the tissue nodes
+    section_weights: dict[str, float]
+    drift_um: dict[str, float] = field(default_factory=dict)  # linear drift removed (median)
+    nodes: np.ndarray | None = None
+    outline_um: dict[str, float] = field(default_factory=dict)  # outline trend removed
+
+
+def _rigid_fit(source: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted least-squares rotation + translation mapping ``source`` to ``target`` (a
+    reflection when the data are mirrored: a section mounted face down keeps its mirror)."""
+    w = weights / weights.sum()
+    ms, mt = w @ source, w @ target
+    a, b = source - ms, target - mt
+    covariance = (a * w[:, None]).T @ b
+    u, _, vt = np.linalg.svd(covariance)
+    rotation = (u @ vt).T
+    matrix = np.eye(3)
+    matrix[:2, :2] = rotation
+    matrix[:2, 2] = mt - rotation @ ms
+    return matrix
+
+
+def _robust_rigid_fit(source, target, weights, scale: float) -> np.ndarray:
+    """The rigid pose that most of the tissue agrees on (Tukey-weighted, iterated): a
+    structure that drifts along the stack in part of the tissue does not pull the pose, so
+    its drift stays in the displacement, where the drift correction finds it."""
+    matrix = _rigid_fit(source, target, weights)
+    for _ in range(10):
+        residual = np.linalg.norm(apply_matrix(matrix, source) - target, axis=1)
+        c = max(3.0 * float(np.median(residual[weights > 0])), scale)
+        tukey = np.clip(1.0 - (residual / c) ** 2, 0.0, None) ** 2
+        if (weights * tukey).sum() < 0.2 * weights.sum():
+            break  # no majority: keep the last pose
+        matrix = _rigid_fit(source, target, weights * tukey)
+    return matrix
+
+
+def _newton_inverse(transform: Transform, start: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """One Newton step of ``transform⁻¹(target)`` from ``start`` (finite-difference Jacobian)."""
+    y = transform.fixed_to_moving(start)
+    jx = transform.fixed_to_moving(start + [1.0, 0.0]) - y
+    jy = transform.fixed_to_moving(start + [0.0, 1.0]) - y
+    jacobian = np.stack([jx, jy], axis=2)  # (n, 2 outputs, 2 inputs)
+    step = np.linalg.solve(jacobian, (target - y)[:, :, None])[:, :, 0]
+    return start + step
+
+
+def solve_stack(
+    order: list[str],
+    reference: str,
+    links: list[Link],
+    reference_shape: tuple[int, int],
+    moving_shapes: dict[str, tuple[int, int]],
+    grid: int = 128,
+    tissue: np.ndarray | None = None,
+    positions_z: dict[str, float] | None = None,
+    pixel_size_um: float | None = None,
+    robust_um: float = 5.0,
+    drift: str = "linear",
+    sweeps: int = 12,
+    masks: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> StackResult:
+    """One transform per section of ``order`` (the reference included, as the identity).
+
+    Parameters
+    ----------
+    order : the sections along the block.
+    links : every pairwise registration; each non-reference section needs the one onto its
+        neighbour one step nearer the reference (the chain).
+    reference_shape : (Y, X) of the reference at full resolution.
+    moving_shapes : (Y, X) of every section at full resolution.
+    grid : nodes along the reference's longer side.
+    tissue : where the reference shows tissue, on any grid (resized to the solve grid): the
+        rigid poses and the reliabilities are measured there.
+    positions_z : each section's position along the block (default: its index in ``order``).
+    pixel_size_um : the reference's pixel size (the robust scale is in µm); unknown: the
+        scale is ``robust_um`` × 1/1000 of the reference's diagonal per µm … i.e. 0.2 %.
+    drift : ``linear`` (remove the drift along the stack) or ``none``.
+    masks : each section's tissue mask and its full-resolution → mask matrix: with them, the
+        linear trend of the tissue outline's centroid along the stack is removed too.
+    """
+    height, width = reference_shape
+    factor = grid / max(height, width)
+    grid_shape = (max(2, int(round(height * factor))), max(2, int(round(width * factor))))
+    to_grid = _grid_matrix(reference_shape, grid_shape)
+    nodes = _nodes(to_grid, grid_shape)
+    if tissue is None:
+        weight_nodes = np.ones(len(nodes))
+    else:
+        from .qc import _resize_mask
+
+        weight_nodes = _resize_mask(np.asarray(tissue, bool), grid_shape).ravel().astype(float)
+        if weight_nodes.sum() < 10:
+            weight_nodes = np.ones(len(nodes))
+    scale = robust_um / pixel_size_um if pixel_size_um else 0.002 * np.hypot(height, width)
+    scale = max(scale, 0.5)
+    index = {name: i for i, name in enumerate(order)}
+    r = index[reference]
+    z = {name: float((positions_z or {}).get(name, index[name])) for name in order}
+
+    # 1. the chain, outwards from the reference; the start: through the link of highest
+    # weight onto a section nearer the reference (the neighbour's, unless it is weaker)
+    positions = {reference: nodes.copy()}
+    outward = sorted((s for s in order if s != reference), key=lambda s: abs(index[s] - r))
+    chain, start = {reference: nodes.copy()}, {reference: nodes.copy()}
+    for section in outward:
+        inward = [k for k in links if k.moving == section and k.fixed in chain]
+        neighbour = [k for k in inward if abs(index[k.fixed] - index[section]) == 1]
+        if not neighbour:
+            raise ValueError(f"section {section!r} has no registration onto its neighbour")
+        chain[section] = neighbour[0].transform.fixed_to_moving(chain[neighbour[0].fixed])
+        best = max(inward, key=lambda k: (k.weight, -abs(index[k.fixed] - index[section])))
+        start[section] = best.transform.fixed_to_moving(start[best.fixed])
+    positions = {s: p.copy() for s, p in (start if sweeps else chain).items()}
+
+    # 2. reconcile all links, node by node (Gauss–Seidel sweeps outwards)
+    touching = {s: [k for k in links if s in (k.fixed, k.moving)] for s in order}
+    weights_seen = {}
+    for sweep in range(sweeps):
+        robust = sweep >= 2
+        for section in outward:
+            total = np.zeros_like(nodes)
+            norm = np.zeros(len(nodes))
+            for link in touching[section]:
+                if link.moving == section:
+                    predicted = link.transform.fixed_to_moving(positions[link.fixed])
+                else:
+                    predicted = _newton_inverse(
+                        link.transform, positions[section], positions[link.moving]
+                    )
+                weight = np.full(len(nodes), link.weight)
+                if robust:
+                    residual = np.linalg.norm(predicted - positions[section], axis=1)
+                    weight = weight / (1.0 + (residual / scale) ** 2)
+                weight[~np.isfinite(predicted).all(axis=1)] = 0.0
+                predicted = np.nan_to_num(predicted)
+                total += weight[:, None] * predicted
+                norm += weight
+                weights_seen[(link.fixed, link.moving, section)] = weight
+            update = norm > 1e-9
+            positions[section][update] = total[update] / norm[update, None]
+
+    link_weights = {}
+    for link in links:
+        w = [weights_seen.get((link.fixed, link.moving, s)) for s in (link.fixed, link.moving)]
+        w = [x for x in w if x is not None]
+        mean = np.mean(w, axis=0) if w else np.zeros(len(nodes))  # its evidence × robust
+        link_weights[(link.fixed, link.moving)] = float(
+            np.sum(mean * weight_nodes) / weight_nodes.sum()
+        )
+    section_weights = {reference: 1.0}
+    for section in outward:
+        own = [v for (f, m), v in link_weights.items() if section in (f, m)]
+        section_weights[section] = float(np.median(own)) if own else 0.0
+
+    # 3. rigid poses and the drift along the stack
+    poses, displacements = {}, {}
+    for section in order:
+        pose = _robust_rigid_fit(nodes, positions[section], weight_nodes, scale)
+        poses[section] = pose
+        displacements[section] = apply_matrix(np.linalg.inv(pose), positions[section]) - nodes
+    drift_um = {s: 0.0 for s in order}
+    if drift == "linear" and len(order) >= 4:
+        sections = [s for s in order if s != reference]
+        w = np.array([max(section_weights[s], 0.0) for s in sections])
+        dz = np.array([z[s] - z[reference] for s in sections])
+        values = np.stack([displacements[s] for s in sections])  # (k, n, 2)
+        # d_s = a + b (z_s − z_ref) per node and axis, weighted (the reference is d = 0)
+        w_all, dz_all = np.append(w, 1.0), np.append(dz, 0.0)
+        values_all = np.concatenate([values, np.zeros((1, *values.shape[1:]))])
+        sw = w_all.sum()
+        mean_z = (w_all @ dz_all) / sw
+        spread = float(w_all @ (dz_all - mean_z) ** 2)
+        if spread > 0:
+            mean_v = np.tensordot(w_all, values_all, axes=1) / sw
+            centred = dz_all - mean_z
+            slope = np.tensordot(w_all * centred, values_all, axes=1) / spread  # (n, 2)
+            fitted = mean_v[None] + centred[:, None, None] * slope[None]
+            residual = values_all - fitted
+            dof = max(len(w_all) - 2, 1)
+            variance = np.tensordot(w_all, (residual**2).sum(axis=2), axes=1) / (2 * dof)
+            se2 = variance / spread
+            size2 = (slope**2).sum(axis=1)
+            shrink = np.clip(1.0 - 2.0 * se2 / np.maximum(size2, 1e-12), 0.0, 1.0)
+            slope = slope * shrink[:, None]
+            for s, offset in zip(sections, dz, strict=True):
+                correction = slope * offset
+                displacements[s] = displacements[s] - correction
+                moved = np.linalg.norm(correction, axis=1)
+                drift_um[s] = float(np.median(moved[weight_nodes > 0])) * (pixel_size_um or 1.0)
+                positions[s] = apply_matrix(poses[s], nodes + displacements[s])
+
+    outline_um = {s: 0.0 for s in order}
+    if masks and drift == "linear" and len(order) >= 4:
+        shift = _outline_trend(order, reference, nodes, positions, masks, weight_nodes,
+                               section_weights, z)  # fmt: skip
+        for s, delta in shift.items():
+            displacements[s] = displacements[s] + delta
+            positions[s] = apply_matrix(poses[s], nodes + displacements[s])
+            outline_um[s] = float(np.hypot(*delta)) * (pixel_size_um or 1.0)
+
+    transforms = {}
+    for section in order:
+        field_ = displacements[section].T.reshape(2, *grid_shape).astype(np.float32)
+        transforms[section] = Transform(
+            poses[section], field_, to_grid, tuple(reference_shape),
+            tuple(moving_shapes[section]),
+        )  # fmt: skip
+    transforms[reference] = Transform.from_affine(np.eye(3), reference_shape, reference_shape)
+    return StackResult(transforms, chain, positions, link_weights, section_weights, drift_um,
+                       nodes, outline_um)  # fmt: skip
+
+
+def _outline_trend(order, reference, nodes, positions, masks, weight_nodes, section_weights,
+                   z) -> dict[str, np.ndarray]:  # fmt: skip
+    """The shift (reference px) that takes the linear trend out of the tissue outline's
+    centroid along the stack: a block's outline does not shear, so a centroid that moves
+    steadily with depth is the whole tissue drifting (a translation that the rigid poses
+    absorbed, which the displacement's drift fit cannot see). Shrunk by its uncertainty."""
+    from .transform import bilinear
+
+    def centroid(section):
+        if section == reference:
+            weight = weight_nodes
+        else:
+            mask, full_to_working = masks[section]
+            grid = apply_matrix(np.asarray(full_to_working, np.float64), positions[section])
+            weight = bilinear(np.asarray(mask, np.float64), grid[:, 1], grid[:, 0])
+        total = weight.sum()
+        return (weight @ nodes) / total if total > 0 else None
+
+    centres = {s: centroid(s) for s in order if s == reference or s in masks}
+    names = [s for s, c in centres.items() if c is not None]
+    if len(names) < 4:
+        return {}
+    w = np.array([1.0 if s == reference else max(section_weights.get(s, 0.0), 0.0)
+                  for s in names])  # fmt: skip
+    dz = np.array([z[s] - z[reference] for s in names])
+    c = np.stack([centres[s] for s in names])
+    design = np.stack([np.ones_like(dz), dz], axis=1)
+    for _ in range(5):  # Tukey over sections: a torn or swapped section's outline is off
+        sw = np.sqrt(w)[:, None]
+        coef, *_ = np.linalg.lstsq(design * sw, c * sw, rcond=None)
+        residual = np.linalg.norm(c - design @ coef, axis=1)
+        scale = max(4.0 * float(np.median(residual)), 1e-6)
+        w = w * np.clip(1.0 - (residual / scale) ** 2, 0.0, None) ** 2
+        if (w > 0).sum() < 4:
+            return {}
+    slope = coef[1]
+    variance = float((w * residual**2).sum() / max(w.sum(), 1e-9)) / 2.0
+    spread = float((w * (dz - (w @ dz) / w.sum()) ** 2).sum())
+    se2 = variance / spread if spread > 0 else np.inf
+    shrink = max(0.0, 1.0 - 2.0 * se2 / max(float(slope @ slope), 1e-12))
+    return {s: (z[s] - z[reference]) * slope * shrink for s in order if s != reference}
+
+
+def chain_only(
+    order: list[str], reference: str, links: list[Link], reference_shape, moving_shapes,
+    grid: int = 128,
+) -> StackResult:  # fmt: skip
+    """The plain chain (composition of the neighbour registrations), for comparison."""
+    return solve_stack(order, reference, links, reference_shape, moving_shapes, grid,
+                       sweeps=0, drift="none")  # fmt: skip

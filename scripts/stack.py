@@ -1,0 +1,153 @@
+"""Rule stack: one transform per serial section from the registrations of its neighbours at
+distances 1 and 2 (regflow.stack); the sections' similarity to their neighbours, the drift
+removed and orthogonal views for the case QC (stack.json, stack/views.npz)."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+from regflow.imageops import gaussian
+from regflow.metrics import ncc
+from regflow.qc import WorkingImage, warp_working
+from regflow.review import alignment_evidence, evidence_weight
+from regflow.runlog import provenance, read_json, stage_log, write_json
+from regflow.stack import Link, solve_stack
+from regflow.transform import Transform
+
+case = snakemake.wildcards.case
+settings = snakemake.params.section
+order = [str(s) for s in snakemake.params.order]
+reference = str(snakemake.params.reference)
+
+
+def working(path):
+    with np.load(path) as data:
+        return WorkingImage(data["image"], data["tissue_mask"], data["full_to_working"])
+
+
+with stage_log(snakemake.log[0], "stack", case) as log:
+    start = time.perf_counter()
+    min_evidence = settings.get("min_evidence", 9.0)
+    links = []
+    for (fixed, moving), path, info in zip(snakemake.params.links, snakemake.input.transforms,
+                                           snakemake.input.infos, strict=True):  # fmt: skip
+        # each registration counts by its evidence: a swapped section's hardly at all
+        evidence = read_json(info).get("evidence")
+        links.append(Link(str(fixed), str(moving), Transform.load(path),
+                          evidence_weight(evidence, min_evidence)))  # fmt: skip
+    with np.load(snakemake.input.reference) as data:
+        ref = WorkingImage(data["image"], data["tissue_mask"], data["full_to_working"])
+        reference_shape = tuple(int(v) for v in data["full_shape"])
+    pixel_size = read_json(snakemake.input.anchor_info)["fixed"].get("pixel_size_um")
+    shapes = {reference: reference_shape}
+    shapes |= {link.moving: link.transform.moving_shape for link in links}
+    shapes |= {link.fixed: link.transform.fixed_shape for link in links if link.fixed != reference}
+    solve = settings.get("solve", "stack")
+    images = {}
+    for path in snakemake.input.working:
+        images[Path(path).parent.parent.name] = working(path)
+    result = solve_stack(
+        order, reference, links, reference_shape, shapes,
+        grid=settings.get("grid", 128), tissue=ref.tissue_mask,
+        positions_z={k: float(v) for k, v in snakemake.params.positions.items()},
+        pixel_size_um=pixel_size, robust_um=settings.get("robust_um", 5.0),
+        drift=settings.get("drift", "linear") if solve == "stack" else "none",
+        sweeps=12 if solve == "stack" else 0,
+        masks={s: (im.tissue_mask, im.full_to_working) for s, im in images.items()},
+    )  # fmt: skip
+    folder = Path(snakemake.output.transforms)
+    folder.mkdir(parents=True, exist_ok=True)
+    for section in order:
+        if section != reference:
+            result.transforms[section].save(folder / f"{section}.npz")
+
+    # each section on the reference's working grid: by its rigid pose (the evidence, as the
+    # review judges it, where a field cannot fit unrelated texture) and by its whole transform
+    size = max(ref.image.shape)
+    sigma = max(1.0, 0.032 * size)
+    posed, final = {reference: (ref.image, ref.tissue_mask, np.ones_like(ref.tissue_mask))}, {}
+    final[reference] = posed[reference]
+    for section in order:
+        if section == reference:
+            continue
+        transform = result.transforms[section]
+        rigid = Transform.from_affine(transform.affine, transform.fixed_shape,
+                                      transform.moving_shape)  # fmt: skip
+        posed[section] = warp_working(ref, images[section], rigid)
+        final[section] = warp_working(ref, images[section], transform)
+    smooth = {s: gaussian(v[0], max(0.5, 0.004 * size)) for s, v in posed.items()}
+    sections = {}
+    index = {s: i for i, s in enumerate(order)}
+    for section in order:
+        evidences, similarities = [], []
+        for other in order:
+            distance = abs(index[other] - index[section])
+            if distance not in (1, 2):
+                continue
+            a, b = posed[section], posed[other]
+            region = (a[1] | b[1]) & a[2] & b[2]
+            if region.sum() > 100:
+                evidences.append(alignment_evidence(smooth[section], smooth[other], region,
+                                                    sigma)["evidence"])  # fmt: skip
+            if distance == 1:
+                fa, fb = final[section], final[other]
+                both = (fa[1] | fb[1]) & fa[2] & fb[2]
+                similarities.append(ncc(fa[0], fb[0], both))
+        chain_moved = np.linalg.norm(result.positions[section] - result.chain[section], axis=1)
+        sections[section] = {
+            "evidence": float(max(evidences)) if evidences else float("nan"),
+            "link_weights": {
+                f"{k.moving}~{k.fixed}": k.weight for k in links if section in (k.fixed, k.moving)
+            },
+            "ncc_neighbours": float(np.mean(similarities)) if similarities else float("nan"),
+            "weight": result.section_weights.get(section, 1.0),
+            "drift_removed_um": result.drift_um.get(section, 0.0),
+            "outline_trend_removed_um": result.outline_um.get(section, 0.0),
+            "chain_vs_stack_um": float(np.median(chain_moved)) * (pixel_size or 1.0),
+            "position": index[section],
+        }
+    # orthogonal views: an xz and a yz slice through the tissue's centre, before (each
+    # section as scanned, centred on the grid) and after the alignment
+    rows, cols = np.nonzero(ref.tissue_mask)
+    cy, cx = (int(np.median(rows)), int(np.median(cols))) if rows.size else (0, 0)
+    views = {}
+    for name, stack in (("after", final), ("before", None)):
+        xz, yz = [], []
+        for section in order:
+            if stack is None:
+                image = images[section].image if section != reference else ref.image
+                plane = np.zeros(ref.image.shape, np.float32)
+                h, w = min(image.shape[0], plane.shape[0]), min(image.shape[1], plane.shape[1])
+                plane[:h, :w] = image[:h, :w]
+            else:
+                plane = stack[section][0]
+            xz.append(plane[cy])
+            yz.append(plane[:, cx])
+        views[f"xz_{name}"], views[f"yz_{name}"] = np.array(xz), np.array(yz)
+    np.savez(folder / "views.npz", **views, order=np.array(order), centre=np.array([cx, cy]))
+    bad = [s for s, v in sections.items()
+           if s != reference and np.isfinite(v["evidence"])
+           and v["evidence"] < settings.get("min_evidence", 9.0)]  # fmt: skip
+    report = {
+        "case": case,
+        "solve": solve,
+        "reference": reference,
+        "order": order,
+        "links": [
+            {"fixed": f, "moving": m, "weight": w} for (f, m), w in result.link_weights.items()
+        ],
+        "sections": sections,
+        "unrelated": bad,
+        "min_evidence": settings.get("min_evidence", 9.0),
+        "pixel_size_um": pixel_size,
+        "working_pixel_um": pixel_size / float(ref.full_to_working[0, 0]) if pixel_size else None,
+        "seconds": time.perf_counter() - start,
+        "provenance": provenance(settings),
+    }
+    write_json(snakemake.output.info, report)
+    for section in bad:
+        log.warning("section %s: evidence against its neighbours %.1f (< %g): not the same "
+                    "block?", section, sections[section]["evidence"],
+                    settings.get("min_evidence", 9.0))  # fmt: skip
+    log.info("%s solve of %d sections, %d links in %.1f s", solve, len(order), len(links),
+             report["seconds"])  # fmt: skip

@@ -1,0 +1,35 @@
+"""Rule volume / volume_tiff: a case's sections in order as one volume (OME-Zarr, or an
+OME-TIFF z-stack), plane z = that section's image in the reference frame."""
+
+import regflow
+
+regflow.own_threads_only()  # before numpy is imported
+from regflow.formats import pixel_size_override, read_info
+from regflow.runlog import stage_log
+from regflow.volume import write_volume_tiff, write_volume_zarr
+
+case = snakemake.wildcards.case
+settings = snakemake.params.section
+
+with stage_log(snakemake.log[0], "volume", case) as log:
+    order = list(snakemake.params.order)
+    reference = read_info(snakemake.input.planes[order.index(snakemake.params.reference)])
+    pixel_size = (
+        pixel_size_override(snakemake.params.reference_pixel_size) or reference.pixel_size_um
+    )
+    thickness = float(snakemake.params.thickness) if snakemake.params.thickness else None
+    if thickness is None:
+        log.warning("case %s has no thickness_um: the volume's z scale is 1 (unitless); add "
+                    "the section thickness to the images sheet", case)  # fmt: skip
+    writer = write_volume_zarr if settings["format"] == "ome-zarr" else write_volume_tiff
+    written = writer(
+        snakemake.output[0],
+        list(snakemake.input.planes),
+        pixel_size,
+        thickness,
+        tile=settings["tile"],
+        pyramid_min_size=settings["pyramid_min_size"],
+        compression=None if settings["compression"] in ("none", "jpeg") else "zlib",
+    )
+    log.info("volume of %d sections %s, %s, %d level(s), z %s µm, y/x %s µm", len(order), order,
+             written["dtype"], written["levels"], thickness, pixel_size)  # fmt: skip

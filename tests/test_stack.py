@@ -1,0 +1,270 @@
+"""Serial sections: the stack solve (known stacks recovered, a bad section out-voted, the drift
+along the stack removed) and the volume (axes, scales, plane order, pixels)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import zarr
+from helpers import run_snakemake
+from regflow.block import make_serial_block
+from regflow.io import write_ome_tiff
+from regflow.rigid import similarity_matrix
+from regflow.stack import Link, solve_stack
+from regflow.transform import Transform, _grid_matrix, _nodes, apply_matrix
+
+SHAPE = (160, 200)
+
+
+def _pose(rng) -> np.ndarray:
+    centre = np.array([(SHAPE[1] - 1) / 2, (SHAPE[0] - 1) / 2])
+    return similarity_matrix(rng.uniform(-180, 180), 1.0, tuple(rng.uniform(-15, 15, 2)),
+                             centre, centre)  # fmt: skip
+
+
+def _field(rng, amplitude: float) -> np.ndarray:
+    """A smooth random displacement (2, 9, 11) on a coarse grid over the reference."""
+    from scipy import ndimage as ndi
+
+    field = np.stack([ndi.gaussian_filter(rng.normal(size=(9, 11)), 1.5) for _ in range(2)])
+    return field * amplitude / np.abs(field).max()
+
+
+def _link(fixed_pose, moving_pose, w_grid: np.ndarray) -> Transform:
+    """``q ↦ P_m(P_f⁻¹ q + w(P_f⁻¹ q))``: on the fixed section's own grid, the displacement
+    ``L_f w`` (``L_f`` the fixed pose's linear part) of a reference-frame field ``w``."""
+    grid_shape = (40, 50)
+    to_grid = _grid_matrix(SHAPE, grid_shape)
+    nodes = _nodes(to_grid, grid_shape)  # in the fixed section's pixels
+    reference = apply_matrix(np.linalg.inv(fixed_pose), nodes)
+    coarse = Transform(np.eye(3), w_grid.astype(np.float32), _grid_matrix(SHAPE, w_grid.shape[1:]),
+                       SHAPE, SHAPE)  # fmt: skip
+    w = coarse.displacement_at(reference)
+    u = w @ fixed_pose[:2, :2].T
+    return Transform(
+        moving_pose @ np.linalg.inv(fixed_pose),
+        u.T.reshape(2, *grid_shape).astype(np.float32),
+        to_grid,
+        SHAPE,
+        SHAPE,
+    )
+
+
+def _stack(n: int, reference: int, distortion: float, drift: np.ndarray | None, seed: int,
+           bad: int | None = None):  # fmt: skip
+    """Sections with known poses and distortions ``D_s`` (reference frame), links at distances
+    1 and 2 between them carrying ``D_m − D_f`` plus ``drift`` per section step."""
+    rng = np.random.default_rng(seed)
+    names = [f"s{i}" for i in range(n)]
+    poses = {s: (np.eye(3) if i == reference else _pose(rng)) for i, s in enumerate(names)}
+    fields = {s: (np.zeros((2, 9, 11)) if i == reference else _field(rng, distortion))
+              for i, s in enumerate(names)}  # fmt: skip
+    links = []
+    for i in range(n):
+        for step in (1, 2):
+            j = i + step
+            if j >= n:
+                continue
+            f, m = (names[i], names[j]) if abs(i - reference) <= abs(j - reference) else (
+                names[j], names[i])  # fmt: skip
+            w = fields[m] - fields[f]
+            if drift is not None:
+                w = w + drift * (1 if m == names[j] else -1) * step
+            transform, weight = _link(poses[f], poses[m], w), 1.0
+            if bad is not None and names[bad] in (f, m):  # a swapped section: nonsense links
+                # (whose registrations have little evidence: evidence_weight(5.5, 9) = 0.03)
+                transform, weight = Transform.from_affine(_pose(rng), SHAPE, SHAPE), 0.03
+            links.append(Link(f, m, transform, weight))
+    return names, poses, fields, links
+
+
+def _truth(pose, field, points):
+    coarse = Transform(pose, field.astype(np.float32), _grid_matrix(SHAPE, field.shape[1:]),
+                       SHAPE, SHAPE)  # fmt: skip
+    return coarse.fixed_to_moving(points)
+
+
+def _errors(result, names, poses, fields, points):
+    return {s: float(np.median(np.hypot(*(result.transforms[s].fixed_to_moving(points)
+                                          - _truth(poses[s], fields[s], points)).T)))
+            for s in names}  # fmt: skip
+
+
+POINTS = np.stack(np.meshgrid(np.linspace(30, 170, 8), np.linspace(25, 135, 6)), -1).reshape(-1, 2)
+
+
+def test_a_known_stack_is_recovered_and_a_swapped_section_does_not_move_its_neighbours():
+    names, poses, fields, links = _stack(9, 4, 3.0, None, seed=1, bad=2)
+    shapes = dict.fromkeys(names, SHAPE)
+    chain = solve_stack(names, "s4", links, SHAPE, shapes, grid=64, sweeps=0, drift="none")
+    stack = solve_stack(names, "s4", links, SHAPE, shapes, grid=64, pixel_size_um=1.0)
+    chain_errors = _errors(chain, names, poses, fields, POINTS)
+    errors = _errors(stack, names, poses, fields, POINTS)
+    # the chain runs through the swapped section: everything beyond it is lost
+    assert chain_errors["s1"] > 20 and chain_errors["s0"] > 20
+    # the stack reaches s1 and s0 over the links that skip s2; the others stay exact
+    for section in ("s0", "s1", "s3", "s5", "s6", "s7", "s8"):
+        assert errors[section] < 0.5, (section, errors)
+    assert (
+        stack.section_weights["s2"]
+        < 0.2
+        < min(stack.section_weights[s] for s in names if s != "s2")
+    )
+
+
+def test_the_drift_along_the_stack_is_removed_and_each_section_keeps_its_distortion():
+    # every link follows a structure that moves 1.5 px per section in a quarter of the tissue
+    drift = np.zeros((2, 9, 11))
+    drift[0, :, :3] = 1.5
+    names, poses, fields, links = _stack(15, 7, 2.0, drift, seed=3)
+    shapes = dict.fromkeys(names, SHAPE)
+    chain = solve_stack(names, "s7", links, SHAPE, shapes, grid=64, sweeps=0, drift="none")
+    stack = solve_stack(names, "s7", links, SHAPE, shapes, grid=64, pixel_size_um=1.0)
+    left = POINTS[:, 0] < 40  # under the drift
+    chain_far = _errors(chain, names, poses, fields, POINTS[left])
+    stack_far = _errors(stack, names, poses, fields, POINTS[left])
+    assert chain_far["s0"] > 8 and chain_far["s14"] > 8  # 7 steps of 1.5 px
+    assert stack_far["s0"] < 0.3 * chain_far["s0"] and stack_far["s14"] < 0.3 * chain_far["s14"]
+    # where nothing drifts, the sections' own distortions (2 px) are kept
+    right = POINTS[:, 0] > 140
+    kept = _errors(stack, names, poses, fields, POINTS[right])
+    assert max(kept.values()) < 0.8, kept
+    assert stack.drift_um["s0"] > 0
+
+
+def test_the_plain_chain_composes_exact_links_exactly():
+    names, poses, fields, links = _stack(6, 0, 3.0, None, seed=5)
+    shapes = dict.fromkeys(names, SHAPE)
+    chain = solve_stack(names, "s0", links, SHAPE, shapes, grid=96, sweeps=0, drift="none")
+    errors = _errors(chain, names, poses, fields, POINTS)
+    assert max(errors.values()) < 0.1, errors
+
+
+# ---- the volume ------------------------------------------------------------------------
+
+
+def _planes(tmp_path, rgb: bool):
+    rng = np.random.default_rng(0)
+    paths, data = [], []
+    for z in range(3):
+        if rgb:
+            plane = rng.integers(0, 255, (3, 300, 420), dtype=np.uint8)
+        else:
+            plane = rng.integers(0, 4000, (2, 300, 420), dtype=np.uint16)
+        path = tmp_path / f"plane{z}.ome.tif"
+        write_ome_tiff(path, plane, ["R", "G", "B"] if rgb else ["DAPI", "CD3"], 0.5, rgb=rgb)
+        paths.append(str(path))
+        data.append(plane)
+    return paths, data
+
+
+@pytest.mark.parametrize("rgb", [True, False])
+def test_the_volume_zarr_has_ngff_axes_scales_and_the_planes_in_order(tmp_path, rgb):
+    from regflow.volume import write_volume_zarr
+
+    paths, data = _planes(tmp_path, rgb)
+    written = write_volume_zarr(tmp_path / "volume.ome.zarr", paths[::-1], 0.5, 4.0,
+                                tile=128, pyramid_min_size=128)  # fmt: skip
+    group = zarr.open_group(str(tmp_path / "volume.ome.zarr"), mode="r")
+    multiscales = group.attrs["multiscales"][0]
+    assert [a["name"] for a in multiscales["axes"]] == ["c", "z", "y", "x"]
+    assert multiscales["axes"][1]["unit"] == "micrometer"
+    scales = [d["coordinateTransformations"][0]["scale"] for d in multiscales["datasets"]]
+    assert scales[0] == [1.0, 4.0, 0.5, 0.5] and scales[1] == [1.0, 4.0, 1.0, 1.0]
+    assert written["levels"] == len(scales) == 3  # 420 → 210 → 105 (≤ 128)
+    level0 = group["0"]
+    assert level0.shape == (data[0].shape[0], 3, 300, 420)
+    for z, plane in enumerate(data[::-1]):  # plane z is the z-th path
+        np.testing.assert_array_equal(level0[:, z], plane)
+    assert group["1"].shape == (data[0].shape[0], 3, 150, 210)
+    assert group.attrs["omero"]["rgb"] is rgb
+
+
+@pytest.mark.parametrize("rgb", [True, False])
+def test_the_volume_tiff_is_a_pyramidal_z_stack_with_physical_size_z(tmp_path, rgb):
+    from regflow.volume import write_volume_tiff
+
+    paths, data = _planes(tmp_path, rgb)
+    write_volume_tiff(tmp_path / "volume.ome.tif", paths, 0.5, 4.0, tile=128,
+                      pyramid_min_size=128)  # fmt: skip
+    with tifffile.TiffFile(tmp_path / "volume.ome.tif") as tif:
+        series = tif.series[0]
+        assert series.axes == ("ZYXS" if rgb else "ZCYX")
+        stack = series.asarray()
+        assert len(series.levels) == 3
+        level1 = series.levels[1].asarray()
+        assert 'PhysicalSizeZ="4.0"' in tif.ome_metadata
+    for z, plane in enumerate(data):
+        got = np.moveaxis(stack[z], -1, 0) if rgb else stack[z]
+        np.testing.assert_array_equal(got, plane)
+    assert level1.shape[0] == 3
+
+
+# ---- the workflow on a generated block ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    """7 serial sections (reference in the middle), the second one swapped for another
+    block's section, one torn; stack mode, OME-Zarr outputs."""
+    workdir = tmp_path_factory.mktemp("block")
+    sheet, truth = make_serial_block(workdir / "data", n_sections=7, size=256, torn=(5,),
+                                     ihc=(4,), unrelated=1, n_points=24, seed=4)  # fmt: skip
+    sheet.to_csv(workdir / "images.tsv", sep="\t", index=False)
+    (workdir / "config.yaml").write_text(
+        "samples: images.tsv\noutdir: out\ncases:\n  chain: true\nwarp:\n  format: ome-zarr\n"
+        "  pyramid_min_size: 128\n  tile: 128\n"
+    )
+    run_snakemake(workdir, "--cores", "2")
+    return workdir, sheet, truth
+
+
+@pytest.mark.workflow
+def test_the_block_volume_has_one_plane_per_section_equal_to_its_output(block):
+    workdir, sheet, _ = block
+    out = workdir / "out" / "block"
+    group = zarr.open_group(str(out / "volume.ome.zarr"), mode="r")
+    multiscales = group.attrs["multiscales"][0]
+    assert [a["name"] for a in multiscales["axes"]] == ["c", "z", "y", "x"]
+    assert multiscales["datasets"][0]["coordinateTransformations"][0]["scale"] == [
+        1.0,
+        5.0,
+        2.0,
+        2.0,
+    ]
+    volume = group["0"]
+    assert volume.shape == (3, 7, 256, 256)
+    order = list(sheet.sort_values("order", key=lambda c: c.astype(int))["image"])
+    for z, image in enumerate(order):
+        if image == "s04":  # the reference: its own pixels
+            plane = tifffile.imread(sheet.loc[sheet["image"] == image, "path"].iloc[0])
+            np.testing.assert_array_equal(volume[:, z], np.moveaxis(plane, -1, 0))
+            continue
+        warped = zarr.open_group(str(out / image / "warped.ome.zarr"), mode="r")["0"]
+        np.testing.assert_array_equal(volume[:, z], warped[:])
+
+
+@pytest.mark.workflow
+def test_a_swapped_section_is_flagged_and_its_genuine_neighbours_are_not(block):
+    workdir, sheet, _ = block
+    out = workdir / "out" / "block"
+    flags = {}
+    for image in sheet.loc[sheet["reference"] != "true", "image"]:
+        metrics = json.loads((out / image / "metrics.json").read_text())
+        flags[image] = [f["flag"] for f in metrics["review"]["flags"]]
+    assert "unrelated_images" in flags["s02"]
+    assert all("unrelated_images" not in f for image, f in flags.items() if image != "s02"), flags
+    report = json.loads((workdir / "out" / "block" / "stack.json").read_text())
+    assert report["unrelated"] == ["s02"]
+    # s01 is reached over the link that skips s02: its landmarks land near the reference's
+    reference = pd.read_csv(sheet.loc[sheet["image"] == "s04", "landmarks"].iloc[0])
+    mapped = pd.read_csv(out / "s01" / "landmarks_warped.csv")
+    errors = np.hypot(*(mapped[["X", "Y"]].to_numpy() - reference[["X", "Y"]].to_numpy()).T)
+    assert np.nanmedian(errors) * 2.0 < 12.0, np.nanmedian(errors) * 2.0
+    summary = pd.read_csv(workdir / "out" / "summary.tsv", sep="\t")
+    assert len(summary) == 6  # one row per section (the reference is the frame)
+    assert (out / "case_qc.png").stat().st_size > 50_000
