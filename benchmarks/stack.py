@@ -57,6 +57,25 @@ def section_errors(out: Path, sheet: pd.DataFrame, case: str) -> dict[str, np.nd
     return errors
 
 
+def volume_matches(out: Path, sheet: pd.DataFrame, case: str, order: list[str]) -> bool:
+    """Whether volume.ome.zarr has one plane per section in order, each equal to that
+    section's 2-D output (the reference: its own pixels)."""
+    import tifffile
+    import zarr
+
+    volume = zarr.open_group(str(out / case / "volume.ome.zarr"), mode="r")["0"]
+    if volume.shape[1] != len(order):
+        return False
+    for z, image in enumerate(order):
+        row = sheet[sheet["image"] == image].iloc[0]
+        path = row["path"] if row["reference"] == "true" else out / case / image / "warped.ome.tif"
+        plane = tifffile.imread(path)
+        plane = np.moveaxis(plane, -1, 0) if plane.ndim == 3 and plane.shape[-1] == 3 else plane
+        if not np.array_equal(volume[:, z], plane.reshape(volume[:, z].shape)):
+            return False
+    return True
+
+
 def summarise(errors: dict[str, np.ndarray], order: list[str], reference: str) -> dict:
     medians = {s: float(np.nanmedian(e)) for s, e in errors.items()}
     r = order.index(reference)
@@ -112,7 +131,9 @@ def main() -> None:
             names = [f["flag"] for f in metrics["review"]["flags"]]
             if "unrelated_images" in names:
                 flagged.append(image)
-        results[mode] = (errors, summarise(errors, order, reference), seconds, flagged)
+        summary = summarise(errors, order, reference)
+        summary["volume"] = volume_matches(folder / "out", sheet, case, order)
+        results[mode] = (errors, summary, seconds, flagged)
     print(f"{args.sections} sections of {args.size}² px at 2 µm/px, reference {reference}; "
           "per-section median landmark error (µm) against the block")  # fmt: skip
     print(f"{'section':<8}" + "".join(f"{mode:>10}" for mode in results))
@@ -126,7 +147,8 @@ def main() -> None:
         print(f"{mode:<7} median {summary['median']:.2f} µm, worst {summary['worst']:.2f} µm "
               f"({summary['worst_section']}), drift {summary['drift']:.2f}×, p90 "
               f"{summary['p90']:.1f} µm, lost {summary['lost']}, unrelated_images "
-              f"{flagged or 'none'}, wall {seconds:.0f} s (--cores {args.cores})")  # fmt: skip
+              f"{flagged or 'none'}, volume planes = outputs {summary['volume']}, wall "
+              f"{seconds:.0f} s (--cores {args.cores})")  # fmt: skip
 
 
 if __name__ == "__main__":

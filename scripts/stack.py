@@ -28,13 +28,16 @@ def working(path):
 with stage_log(snakemake.log[0], "stack", case) as log:
     start = time.perf_counter()
     min_evidence = settings.get("min_evidence", 9.0)
-    links = []
+    links, link_evidence = [], {}
     for (fixed, moving), path, info in zip(snakemake.params.links, snakemake.input.transforms,
                                            snakemake.input.infos, strict=True):  # fmt: skip
         # each registration counts by its evidence: a swapped section's hardly at all
         evidence = read_json(info).get("evidence")
         links.append(Link(str(fixed), str(moving), Transform.load(path),
                           evidence_weight(evidence, min_evidence)))  # fmt: skip
+        for section in (str(fixed), str(moving)):
+            if evidence is not None and np.isfinite(evidence):
+                link_evidence.setdefault(section, []).append(float(evidence))
     with np.load(snakemake.input.reference) as data:
         ref = WorkingImage(data["image"], data["tissue_mask"], data["full_to_working"])
         reference_shape = tuple(int(v) for v in data["full_shape"])
@@ -95,7 +98,11 @@ with stage_log(snakemake.log[0], "stack", case) as log:
                 similarities.append(ncc(fa[0], fb[0], both))
         chain_moved = np.linalg.norm(result.positions[section] - result.chain[section], axis=1)
         sections[section] = {
-            "evidence": float(max(evidences)) if evidences else float("nan"),
+            # the best match with a neighbour: at the stack's pose (distances 1–2) or at a
+            # registration's own (a torn section's better piece leads its registration)
+            "evidence": float(max(evidences + link_evidence.get(section, [])))
+            if evidences or section in link_evidence
+            else float("nan"),
             "link_weights": {
                 f"{k.moving}~{k.fixed}": k.weight for k in links if section in (k.fixed, k.moving)
             },
@@ -125,9 +132,12 @@ with stage_log(snakemake.log[0], "stack", case) as log:
             yz.append(plane[:, cx])
         views[f"xz_{name}"], views[f"yz_{name}"] = np.array(xz), np.array(yz)
     np.savez(folder / "views.npz", **views, order=np.array(order), centre=np.array([cx, cy]))
+    # serial sections share structures, not cells, and blocks differ in texture: a section is
+    # unrelated below the threshold and well below what this block's sections reach
+    typical = np.nanmedian([v["evidence"] for s, v in sections.items() if s != reference] or [np.nan])
+    threshold = min(min_evidence, 0.6 * typical) if np.isfinite(typical) else min_evidence
     bad = [s for s, v in sections.items()
-           if s != reference and np.isfinite(v["evidence"])
-           and v["evidence"] < settings.get("min_evidence", 9.0)]  # fmt: skip
+           if s != reference and np.isfinite(v["evidence"]) and v["evidence"] < threshold]  # fmt: skip
     report = {
         "case": case,
         "solve": solve,
@@ -138,7 +148,8 @@ with stage_log(snakemake.log[0], "stack", case) as log:
         ],
         "sections": sections,
         "unrelated": bad,
-        "min_evidence": settings.get("min_evidence", 9.0),
+        "min_evidence": float(threshold),
+        "min_evidence_configured": min_evidence,
         "pixel_size_um": pixel_size,
         "working_pixel_um": pixel_size / float(ref.full_to_working[0, 0]) if pixel_size else None,
         "seconds": time.perf_counter() - start,
@@ -146,8 +157,7 @@ with stage_log(snakemake.log[0], "stack", case) as log:
     }
     write_json(snakemake.output.info, report)
     for section in bad:
-        log.warning("section %s: evidence against its neighbours %.1f (< %g): not the same "
-                    "block?", section, sections[section]["evidence"],
-                    settings.get("min_evidence", 9.0))  # fmt: skip
+        log.warning("section %s: evidence against its neighbours %.1f (< %.1f): not the same "
+                    "block?", section, sections[section]["evidence"], threshold)  # fmt: skip
     log.info("%s solve of %d sections, %d links in %.1f s", solve, len(order), len(links),
              report["seconds"])  # fmt: skip

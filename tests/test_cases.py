@@ -274,3 +274,23 @@ def test_case_annotations_go_both_ways_between_each_image_and_the_reference():
         assert pd.isna(model.loc["ki67", "moving_annotations"])
         assert model.loc["ihc", "moving_associated"] == "m.tif"
         assert "fixed_associated" not in model.columns
+
+
+def test_thickness_is_one_positive_value_per_case_and_links_reach_further_when_asked():
+    sheet = _sheet([_image("c", f"s{i}", "true" if i == 3 else "false", order=str(i),
+                           thickness_um="5" if i != 2 else "4") for i in range(1, 6)]
+                   + [_image("d", "a", "true", order="1", thickness_um="-3"),
+                      _image("d", "b", order="2", thickness_um="-3")])  # fmt: skip
+    with pytest.raises(SheetError) as error:
+        from_images(sheet, chain=True)
+    text = "\n".join(error.value.errors)
+    assert "case 'c': column thickness_um: ['4', '5'] differ" in text
+    assert "case 'd': column thickness_um: '-3' is not a positive number" in text
+    sheet = _sheet([_image("c", f"s{i}", "true" if i == 3 else "false", order=str(i))
+                    for i in range(1, 8)])  # fmt: skip
+    model = from_images(sheet, chain=True, link_distance=3)
+    links = sorted(model.loc[model["link"] == "true", "sample"])
+    # two and three steps toward the reference (s3) on each side, and across it (1+1, 1+2,
+    # 2+1), each onto the section nearer the reference
+    assert links == ["c/s1~s3", "c/s1~s4", "c/s4~s2", "c/s5~s2", "c/s5~s3", "c/s6~s3",
+                     "c/s6~s4", "c/s7~s4", "c/s7~s5"], links  # fmt: skip
