@@ -92,6 +92,8 @@ _errors, _warnings = check_sample_sheet(
     config["preprocess"]["max_pixels"],
     check_files=workflow.is_main_process,
     headers=HEADERS,
+    # unchanged files are not opened again at the next plan (keyed by size and mtime)
+    cache_file=".snakemake/regflow/headers.json",
 )
 for _warning in _warnings if workflow.is_main_process else []:
     logger.warning(f"sample sheet {config['samples']}: {_warning}")
@@ -105,6 +107,11 @@ if images_sheet is None:
 else:
     validate(images_sheet, schema="../config/schemas/images.schema.yaml")
 samples = samples.set_index("sample", drop=False)
+# each registration's row as a dict, blank cells None (input functions run once per job)
+ROW = {
+    sample: {k: (None if pd.isna(v) else v) for k, v in record.items()}
+    for sample, record in zip(samples.index, samples.to_dict("records"))
+}
 # The registrations whose results are outputs (every row but the stack's extra links, which
 # run the registration stages only).
 SECTIONS = [
@@ -219,14 +226,14 @@ def sample_value(column, default=""):
     """Input/params function: a sample-sheet cell (default when empty or absent)."""
 
     def get(wildcards):
-        value = samples.loc[wildcards.sample].get(column)
+        value = ROW[wildcards.sample].get(column)
         return default if value is None or pd.isna(value) else value
 
     return get
 
 
 def has_value(sample, column):
-    value = samples.loc[sample].get(column)
+    value = ROW[sample].get(column)
     return value is not None and not pd.isna(value) and value != ""
 
 
@@ -269,7 +276,7 @@ def associated_names(sample):
         return {}
     paths = [
         p.strip()
-        for p in samples.loc[sample, "moving_associated"].split(";")
+        for p in ROW[sample]["moving_associated"].split(";")
         if p.strip()
     ]
     return {associated_name(p): p for p in paths}
@@ -281,7 +288,7 @@ def associated_path(wildcards):
 
 def sample_row(wildcards):
     """Every sheet value of a sample, so that editing one row reruns that sample only."""
-    row = samples.loc[wildcards.sample]
+    row = ROW[wildcards.sample]
     return {k: ("" if pd.isna(v) else v) for k, v in row.items()}
 
 
@@ -328,7 +335,7 @@ def image_megabytes(path):
 
 def mem_mb_warp(wildcards, attempt):
     """Moving image + output of the fixed size (+ a third for the pyramid) + overhead."""
-    row = samples.loc[wildcards.sample]
+    row = ROW[wildcards.sample]
     moving = image_megabytes(row["moving"])
     fixed = image_megabytes(row["fixed"])
     return int((600 + 2 * moving + 1.5 * fixed) * attempt)
@@ -337,7 +344,7 @@ def mem_mb_warp(wildcards, attempt):
 def warp_threads(wildcards):
     """Two threads for a warp of at least 16 output tiles (whole slides), else one: below
     that, a thread pool gains nothing and a 2-thread job waits for two free cores."""
-    row = samples.loc[wildcards.sample]
+    row = ROW[wildcards.sample]
     height, width = image_header(row["fixed"]).shape
     tile = config["warp"]["tile"]
     return 2 if (height / tile) * (width / tile) >= 16 else 1
@@ -346,14 +353,14 @@ def warp_threads(wildcards):
 def mem_mb_refine(wildcards, attempt):
     """A tile window per thread (a few dozen MiB each) and the node grid of the fine field
     (2 float64 + 1 weight per node, a node every few refinement px), with overhead."""
-    row = samples.loc[wildcards.sample]
+    row = ROW[wildcards.sample]
     height, width = image_header(row["fixed"]).shape
     nodes = height * width / max(config["refine"]["grid_step"], 1) ** 2
     return int((800 + 40 * nodes / 2**20) * attempt)
 
 
 def mem_mb_preprocess(wildcards, attempt):
-    row = samples.loc[wildcards.sample]
+    row = ROW[wildcards.sample]
     largest = max(image_megabytes(row["fixed"]), image_megabytes(row["moving"]))
     return int((800 + 6 * largest) * attempt)
 
@@ -362,8 +369,8 @@ def stack_inputs(wildcards):
     """The stack solve of a case: every registration's coarse transform (neighbours at
     distance 1 and 2), each section's working image, and the reference's."""
     info = CASES[wildcards.case]
-    sections = [s for s in info["links"] if samples.loc[s, "link"] != "true"]
-    anchor = samples.loc[sections[0], "anchor"]
+    sections = [s for s in info["links"] if ROW[s]["link"] != "true"]
+    anchor = ROW[sections[0]]["anchor"]
     return {
         "transforms": [
             rules.flow.output.transform.format(sample=s) for s in info["links"]
@@ -411,11 +418,11 @@ def refine_inputs(wildcards):
     reference's working image (its tissue mask), which in chain mode is the chain's first
     registration's fixed image, as for the QC."""
     sample = wildcards.sample
-    anchor = samples.loc[sample, "anchor"]
-    stack = samples.loc[sample, "stack"]
+    anchor = ROW[sample]["anchor"]
+    stack = ROW[sample]["stack"]
     return {
-        "fixed": samples.loc[sample, "reference_path"],
-        "moving": samples.loc[sample, "moving"],
+        "fixed": ROW[sample]["reference_path"],
+        "moving": ROW[sample]["moving"],
         # serial sections: this section's transform from the case's stack solve
         "transform": (
             f"{OUTDIR}/{stack}/stack"
@@ -430,7 +437,7 @@ def refine_inputs(wildcards):
 
 def has_integrity(sample):
     """Integrity for rounds that share a nuclear channel: both images fluorescence."""
-    row = samples.loc[sample]
+    row = ROW[sample]
     return all(
         str(row.get(f"{role}_modality") or "brightfield") == "fluorescence"
         for role in ("fixed", "moving")
@@ -439,9 +446,9 @@ def has_integrity(sample):
 
 def integrity_inputs(wildcards):
     sample = wildcards.sample
-    anchor = samples.loc[sample, "anchor"]
+    anchor = ROW[sample]["anchor"]
     inputs = {
-        "reference": samples.loc[sample, "reference_path"],
+        "reference": ROW[sample]["reference_path"],
         "warped": rules.warp.output[0].format(sample=sample),
         "transform": rules.refine.output.transform.format(sample=sample),
         "info": rules.preprocess.output.info.format(sample=sample),
@@ -449,14 +456,14 @@ def integrity_inputs(wildcards):
         "working": rules.preprocess.output.fixed.format(sample=anchor),
     }
     if has_value(sample, "fixed_cells"):
-        inputs["cells"] = samples.loc[sample, "fixed_cells"]
+        inputs["cells"] = ROW[sample]["fixed_cells"]
     return inputs
 
 
 def qc_inputs(wildcards):
     # The reference at working resolution: this registration's fixed image, or in chain mode
     # that of the chain's first registration (the one whose fixed image is the reference).
-    anchor = samples.loc[wildcards.sample, "anchor"]
+    anchor = ROW[wildcards.sample]["anchor"]
     inputs = {
         "fixed": rules.preprocess.output.fixed.format(sample=anchor),
         "moving": rules.preprocess.output.moving.format(sample=wildcards.sample),
@@ -466,19 +473,19 @@ def qc_inputs(wildcards):
         "transform": rules.refine.output.transform.format(sample=wildcards.sample),
         "refine": rules.refine.output.info.format(sample=wildcards.sample),
         # the full-resolution images and the reference's channel, for cell-level crops
-        "fixed_image": samples.loc[wildcards.sample, "reference_path"],
-        "moving_image": samples.loc[wildcards.sample, "moving"],
+        "fixed_image": ROW[wildcards.sample]["reference_path"],
+        "moving_image": ROW[wildcards.sample]["moving"],
         "anchor_info": rules.preprocess.output.info.format(sample=anchor),
     }
     if has_landmarks(wildcards.sample, "fixed") and has_landmarks(
         wildcards.sample, "moving"
     ):
-        inputs["fixed_landmarks"] = samples.loc[wildcards.sample, "fixed_landmarks"]
-        inputs["moving_landmarks"] = samples.loc[wildcards.sample, "moving_landmarks"]
+        inputs["fixed_landmarks"] = ROW[wildcards.sample]["fixed_landmarks"]
+        inputs["moving_landmarks"] = ROW[wildcards.sample]["moving_landmarks"]
         inputs["landmarks_warped"] = rules.points.output[0].format(
             sample=wildcards.sample
         )
-    stack = samples.loc[wildcards.sample, "stack"]
+    stack = ROW[wildcards.sample]["stack"]
     if stack:  # serial sections: the evidence is judged against the neighbours
         inputs["stack"] = f"{OUTDIR}/{stack}/stack.json"
     if has_value(wildcards.sample, "moving_annotations"):  # drawn on the QC figure

@@ -28,7 +28,7 @@ rule flow:
         # serial sections (a stack): the flow between sections is smoothed over tissue scale
         serial=lambda wildcards: (
             {"smoothing_um": config["cases"]["flow_smoothing_um"]}
-            if samples.loc[wildcards.sample, "stack"]
+            if ROW[wildcards.sample]["stack"]
             else {}
         ),
         code=library_hash("flow", "rigid", "review", "transform", "metrics", "runlog"),

@@ -91,3 +91,28 @@ def test_job_processes_skip_file_checks_but_not_sheet_checks(tmp_path):
     assert len(errors) == 1 and "sample 'b': column moving_modality" in errors[0]
     errors, _ = check_sample_sheet(sheet)
     assert any("(sample 'a', column fixed) not found" in e for e in errors)
+
+
+def test_unchanged_files_are_not_opened_again_changed_ones_are(tmp_path, monkeypatch):
+    import os
+
+    from regflow import samplesheet
+
+    fixed, moving = _images(tmp_path)
+    cache = tmp_path / "cache" / "headers.json"
+    first = samplesheet.verify_images([fixed, moving, fixed], cache)
+    assert set(first) == {fixed, moving} and first[moving].channel_names == ["DAPI", "CD3"]
+    opened = []
+
+    def spy(path):
+        opened.append(path)
+        return samplesheet.ImageInfo(str(path), (1, 1), 1, "uint8", ["C0"])
+
+    monkeypatch.setattr(samplesheet, "verify_image", spy)
+    again = samplesheet.verify_images([fixed, moving], cache)
+    assert opened == [] and again == first  # the same headers, read from the cache
+    # a file rewritten (new size and time) is opened again; a cut file would be refused
+    write_ome_tiff(tmp_path / "m.ome.tif", np.ones((2, 48, 48), np.uint16), ["DAPI", "CD3"])
+    os.utime(moving, ns=(1, 1))
+    third = samplesheet.verify_images([fixed, moving], cache)
+    assert opened == [moving] and third[fixed] == first[fixed]

@@ -123,42 +123,48 @@ def from_images(table: pd.DataFrame, chain: bool = False, link_distance: int = 2
             f"unknown column(s) {unknown}; the images sheet takes {', '.join(IMAGES_SHEET_COLUMNS)}"
         )
     rows = []
-    for case, images in table.groupby("case", sort=False):
+    # plain records, grouped by case in sheet order (per-case pandas work costs ~1 ms a case)
+    groups = case_images(table)
+    if "" in groups:
+        errors.append(f"column case: empty on {len(groups.pop(''))} row(s); every image "
+                      "belongs to a case")  # fmt: skip
+    for case, records in groups.items():
         where = f"case {case!r}"
         if not ID.match(str(case)) or ".." in str(case):
             errors.append(
                 f"{where}: column case: unsafe id (it becomes a folder name); use letters, "
                 "digits, '_', '-' and '.', starting with a letter or digit"
             )
-        ids = images["image"].astype(str)
-        for duplicate in sorted(set(ids[ids.duplicated()])):
+        ids = [str(r.get("image")) for r in records]
+        for duplicate in sorted({i for i in ids if ids.count(i) > 1}):
             errors.append(f"{where}, image {duplicate!r}: column image: appears more than once "
                           "in the case; image ids must be unique within a case")  # fmt: skip
         for image in ids:
             if not ID.match(image) or ".." in image:
                 errors.append(f"{where}, image {image!r}: column image: unsafe id (it becomes "
                               "a folder name); use letters, digits, '_', '-' and '.'")  # fmt: skip
-        flags = images["reference"] if "reference" in images else pd.Series("", images.index)
-        flags = flags.fillna("").astype(str).str.strip().str.lower()
+        flags = [
+            "" if _blank(r.get("reference")) else str(r["reference"]).strip().lower()
+            for r in records
+        ]
         for image, flag in zip(ids, flags, strict=True):
             if flag not in TRUE + FALSE:
                 errors.append(f"{where}, image {image!r}: column reference: {flag!r} is not "
                               "true or false")  # fmt: skip
-        is_reference = flags.isin(TRUE).to_numpy()
-        if is_reference.sum() != 1:
-            marked = list(ids[is_reference])
+        is_reference = [flag in TRUE for flag in flags]
+        if sum(is_reference) != 1:
+            marked = [i for i, r in zip(ids, is_reference, strict=True) if r]
             errors.append(
                 f"{where}: column reference: {len(marked)} images marked as reference "
                 f"{marked}; mark exactly one image per case 'true'"
             )
             continue
-        if len(images) < 2:
+        if len(records) < 2:
             errors.append(f"{where}: only the reference; a case needs at least one image to "
                           "register onto it")  # fmt: skip
             continue
-        order = images["order"] if "order" in images else pd.Series("", images.index)
         positions = []
-        for image, value in zip(ids, order, strict=True):
+        for image, value in zip(ids, (r.get("order") for r in records), strict=True):
             if _blank(value):
                 positions.append(None)
                 continue
@@ -179,9 +185,9 @@ def from_images(table: pd.DataFrame, chain: bool = False, link_distance: int = 2
                 errors.append(f"{where}: column order: repeated values {sorted(known)}; each "
                               "section needs its own position in chain mode")  # fmt: skip
                 continue
-        thickness = images.get("thickness_um")
-        if thickness is not None:
-            values = {str(v).strip() for v in thickness if not _blank(v)}
+        if "thickness_um" in table.columns:
+            values = {str(r["thickness_um"]).strip() for r in records
+                      if not _blank(r.get("thickness_um"))}  # fmt: skip
             if len(values) > 1:
                 errors.append(f"{where}: column thickness_um: {sorted(values)} differ; the "
                               "section thickness is one value per case, on every row")  # fmt: skip
@@ -193,8 +199,7 @@ def from_images(table: pd.DataFrame, chain: bool = False, link_distance: int = 2
                 if not ok:
                     errors.append(f"{where}: column thickness_um: {value!r} is not a positive "
                                   "number (µm)")  # fmt: skip
-        records = images.to_dict("records")
-        reference = records[int(is_reference.argmax())]
+        reference = records[is_reference.index(True)]
         rows += _case_registrations(str(case), records, reference, positions, chain,
                                     link_distance)  # fmt: skip
     if errors:
@@ -286,9 +291,11 @@ def associated_name(path: str) -> str:
 
 def case_images(table: pd.DataFrame) -> dict[str, list[dict]]:
     """Images sheet → ``{case: [row, …]}`` in sheet order (the reference included)."""
-    return {
-        str(case): group.to_dict("records") for case, group in table.groupby("case", sort=False)
-    }
+    groups: dict[str, list[dict]] = {}
+    for record in table.to_dict("records"):
+        case = record.get("case")
+        groups.setdefault("" if _blank(case) else str(case).strip(), []).append(record)
+    return groups
 
 
 def is_reference(record: dict) -> bool:

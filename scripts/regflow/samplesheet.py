@@ -6,8 +6,13 @@ value and what to do, so that a cohort of hundreds of rows is fixed in one pass.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,6 +50,79 @@ def _verified(path: str, cache: dict) -> ImageInfo | ImageReadError:
         except ImageReadError as exc:
             cache[path] = exc
     return cache[path]
+
+
+def _formats_version() -> str:
+    """The reader layer's source: a header read by another version is read again."""
+    source = Path(__file__).with_name("formats.py").read_bytes()
+    return hashlib.sha1(source).hexdigest()[:16]
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def verify_images(
+    paths, cache_file: str | os.PathLike | None = None, workers: int | None = None
+) -> dict[str, ImageInfo | ImageReadError]:
+    """:func:`verify_image` of every distinct path: in threads (decoding releases the GIL),
+    and, with ``cache_file``, only for files that changed (size or modification time) since
+    they last passed. A cohort of thousands of images is planned again without opening one.
+    """
+    paths = sorted({str(p) for p in paths})
+    version = _formats_version()
+    known = {}
+    if cache_file is not None:
+        try:
+            stored = json.loads(Path(cache_file).read_text())
+            if stored.get("version") == version:
+                known = stored.get("files", {})
+        except (OSError, ValueError, AttributeError):
+            known = {}
+    results: dict[str, ImageInfo | ImageReadError] = {}
+    todo = []
+    for path in paths:
+        entry = known.get(os.path.abspath(path))
+        stamp = _stamp(path)
+        if entry and stamp is not None and tuple(entry["stamp"]) == stamp:
+            info = dict(entry["info"], path=path)
+            info["shape"] = tuple(info["shape"])
+            info["level_shapes"] = [tuple(s) for s in info["level_shapes"]]
+            info["notes"] = tuple(info["notes"])
+            results[path] = ImageInfo(**info)
+        else:
+            todo.append(path)
+
+    def check(path):
+        try:
+            return verify_image(path)
+        except ImageReadError as exc:
+            return exc
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    if len(todo) > 1 and workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            results.update(zip(todo, pool.map(check, todo), strict=True))
+    else:
+        results.update((path, check(path)) for path in todo)
+    if cache_file is not None and todo:
+        files = {}
+        for path, info in results.items():
+            stamp = _stamp(path)
+            if isinstance(info, ImageInfo) and stamp is not None:
+                files[os.path.abspath(path)] = {"stamp": stamp, "info": dataclasses.asdict(info)}
+        try:
+            Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(f"{cache_file}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps({"version": version, "files": known | files}))
+            os.replace(partial, cache_file)
+        except OSError:
+            pass  # a read-only working directory: checked again next time
+    return results
 
 
 def _check_cells(row, role, named, verified, labels) -> list[str]:
@@ -119,6 +197,7 @@ def check_sample_sheet(
     max_pixels: int | None = None,
     check_files: bool = True,
     headers: dict | None = None,
+    cache_file: str | os.PathLike | None = None,
 ) -> tuple[list[str], list[str]]:
     """Validate rows and the files they name.
 
@@ -137,6 +216,8 @@ def check_sample_sheet(
     headers : dict, optional
         Filled with ``{path: ImageInfo}`` of every image that passed, so that callers (the
         resources of the rules) do not open the files again.
+    cache_file : path, optional
+        Headers of the files that passed before (:func:`verify_images`).
 
     Returns
     -------
@@ -156,6 +237,10 @@ def check_sample_sheet(
         )
     images_sheet = "image" in samples.columns and (samples["image"].fillna("") != "").any()
     verified: dict[str, ImageInfo | ImageReadError] = {}  # a reference is checked once
+    if check_files:
+        images = [p for role in ROLES if role in samples.columns for p in samples[role]
+                  if not _blank(p)]  # fmt: skip
+        verified.update(verify_images(images, cache_file))
     for _, row in samples.iterrows():
         sample = str(row["sample"])
         where = f"sample {sample!r}"
