@@ -275,9 +275,7 @@ def associated_names(sample):
     if not has_value(sample, "moving_associated"):
         return {}
     paths = [
-        p.strip()
-        for p in ROW[sample]["moving_associated"].split(";")
-        if p.strip()
+        p.strip() for p in ROW[sample]["moving_associated"].split(";") if p.strip()
     ]
     return {associated_name(p): p for p in paths}
 

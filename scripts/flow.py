@@ -22,7 +22,8 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
         working_um = pixel / float(fixed["full_to_working"][0, 0]) if pixel else None
         # at most 4 % of the working side: a small image's deformation is not smoother
         side = 0.04 * max(fixed["image"].shape)
-        sigma = min(snakemake.params.serial["smoothing_um"] / working_um, side) if working_um else side
+        wanted = snakemake.params.serial["smoothing_um"] / working_um if working_um else side
+        sigma = min(wanted, side)
         settings["method"] = "ilk"
         settings["smoothing_sigma"] = max(settings["smoothing_sigma"], sigma)
         log.info("serial sections: ILK smoothed over %.1f working px", settings["smoothing_sigma"])

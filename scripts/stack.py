@@ -134,10 +134,10 @@ with stage_log(snakemake.log[0], "stack", case) as log:
     np.savez(folder / "views.npz", **views, order=np.array(order), centre=np.array([cx, cy]))
     # serial sections share structures, not cells, and blocks differ in texture: a section is
     # unrelated below the threshold and well below what this block's sections reach
-    typical = np.nanmedian([v["evidence"] for s, v in sections.items() if s != reference] or [np.nan])
+    evidence = {s: v["evidence"] for s, v in sections.items() if s != reference}
+    typical = np.nanmedian(list(evidence.values()) or [np.nan])
     threshold = min(min_evidence, 0.6 * typical) if np.isfinite(typical) else min_evidence
-    bad = [s for s, v in sections.items()
-           if s != reference and np.isfinite(v["evidence"]) and v["evidence"] < threshold]  # fmt: skip
+    bad = [s for s, v in evidence.items() if np.isfinite(v) and v < threshold]
     report = {
         "case": case,
         "solve": solve,
