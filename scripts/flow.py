@@ -20,10 +20,8 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
         # scale (ILK), so that matches between different cells do not add noise
         pixel = read_json(snakemake.input.info)["fixed"].get("pixel_size_um")
         working_um = pixel / float(fixed["full_to_working"][0, 0]) if pixel else None
-        # at most 4 % of the working side: a small image's deformation is not smoother
-        side = 0.04 * max(fixed["image"].shape)
-        wanted = snakemake.params.serial["smoothing_um"] / working_um if working_um else side
-        sigma = min(wanted, side)
+        sigma = flow.serial_smoothing(fixed["image"].shape, working_um,
+                                      snakemake.params.serial["smoothing_um"])  # fmt: skip
         settings["method"] = "ilk"
         settings["smoothing_sigma"] = max(settings["smoothing_sigma"], sigma)
         log.info("serial sections: ILK smoothed over %.1f working px", settings["smoothing_sigma"])

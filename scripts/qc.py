@@ -73,6 +73,8 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         entry = stack["sections"][sample.rsplit("/", 1)[-1]]
         evidence = {"evidence": entry["evidence"], "against": "neighbours"}
         thresholds["min_evidence"] = stack["min_evidence"]
+        # its field is smoothed over tissue scale: a tear is a steep slope, not a step
+        thresholds["max_jump"] = stack.get("max_jump", thresholds.get("max_jump"))
     translation = np.asarray(rigid["translation_px"])
     review = review_registration(
         fixed,

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from regflow.flow import serial_smoothing
 from regflow.imageops import gaussian
 from regflow.metrics import ncc
 from regflow.qc import WorkingImage, warp_working
@@ -18,6 +19,7 @@ case = snakemake.wildcards.case
 settings = snakemake.params.section
 order = [str(s) for s in snakemake.params.order]
 reference = str(snakemake.params.reference)
+TEAR_UM = 30.0  # the smallest tear the review flags (field_jumps)
 
 
 def working(path):
@@ -138,6 +140,15 @@ with stage_log(snakemake.log[0], "stack", case) as log:
     typical = np.nanmedian(list(evidence.values()) or [np.nan])
     threshold = min(min_evidence, 0.6 * typical) if np.isfinite(typical) else min_evidence
     bad = [s for s, v in evidence.items() if np.isfinite(v) and v < threshold]
+    # the flow between sections is smoothed (flow.py): a tear of TEAR_UM leaves a gradient of
+    # TEAR_UM / (σ √(2π)) in the field instead of a step; the review's jump limit follows
+    working_um = pixel_size / float(ref.full_to_working[0, 0]) if pixel_size else None
+    if working_um:
+        sigma_px = serial_smoothing(ref.image.shape, working_um,
+                                    settings.get("flow_smoothing_um", 64.0))  # fmt: skip
+        max_jump = TEAR_UM / (sigma_px * working_um * np.sqrt(2 * np.pi))
+    else:
+        max_jump = 0.2  # a 30 µm tear under the default 64 µm smoothing
     report = {
         "case": case,
         "solve": solve,
@@ -150,8 +161,9 @@ with stage_log(snakemake.log[0], "stack", case) as log:
         "unrelated": bad,
         "min_evidence": float(threshold),
         "min_evidence_configured": min_evidence,
+        "max_jump": float(max_jump),
         "pixel_size_um": pixel_size,
-        "working_pixel_um": pixel_size / float(ref.full_to_working[0, 0]) if pixel_size else None,
+        "working_pixel_um": working_um,
         "seconds": time.perf_counter() - start,
         "provenance": provenance(settings),
     }

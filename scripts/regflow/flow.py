@@ -55,6 +55,16 @@ class FlowResult:
     method: str = "none"
 
 
+def serial_smoothing(
+    shape: tuple[int, int], working_um: float | None, smoothing_um: float
+) -> float:
+    """Smoothing (working px) of the flow between serial sections: ``smoothing_um`` (they
+    share tissue structures, not cells), at most — and without a pixel size — 4 % of the
+    working image's longer side (a small image's deformation is not smoother)."""
+    side = 0.04 * max(shape)
+    return min(smoothing_um / working_um, side) if working_um else side
+
+
 def flow_confidence(image: np.ndarray, radius: int) -> np.ndarray:
     """How well the image determines local motion in *every* direction.
 
