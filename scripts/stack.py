@@ -58,7 +58,6 @@ with stage_log(snakemake.log[0], "stack", case) as log:
         pixel_size_um=pixel_size, robust_um=settings.get("robust_um", 5.0),
         drift=settings.get("drift", "linear") if solve == "stack" else "none",
         sweeps=12 if solve == "stack" else 0,
-        masks={s: (im.tissue_mask, im.full_to_working) for s, im in images.items()},
     )  # fmt: skip
     folder = Path(snakemake.output.transforms)
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,7 +110,6 @@ with stage_log(snakemake.log[0], "stack", case) as log:
             "ncc_neighbours": float(np.mean(similarities)) if similarities else float("nan"),
             "weight": result.section_weights.get(section, 1.0),
             "drift_removed_um": result.drift_um.get(section, 0.0),
-            "outline_trend_removed_um": result.outline_um.get(section, 0.0),
             "chain_vs_stack_um": float(np.median(chain_moved)) * (pixel_size or 1.0),
             "position": index[section],
         }
