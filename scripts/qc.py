@@ -65,13 +65,15 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         refined=bool(refine.get("tiles_accepted")),
     )
     pixel_size = preprocess_info["moving"]["pixel_size_um"]
-    evidence, thresholds = None, {k: v for k, v in settings.items() if k != "min_ncc"}
+    evidence, field = None, None
+    thresholds = {k: v for k, v in settings.items() if k != "min_ncc"}
     if hasattr(snakemake.input, "stack"):
         # a serial section: related to its neighbours (distance 1 and 2) by construction, not
         # to a reference many sections away, whose cells and structures differ
         stack = read_json(snakemake.input.stack)
         entry = stack["sections"][sample.rsplit("/", 1)[-1]]
         evidence = {"evidence": entry["evidence"], "against": "neighbours"}
+        field = entry.get("field")
         thresholds["min_evidence"] = stack["min_evidence"]
         # its field is smoothed over tissue scale: a tear is a steep slope, not a step
         thresholds["max_jump"] = stack.get("max_jump", thresholds.get("max_jump"))
@@ -92,6 +94,7 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         thresholds=thresholds,
         sampled=sampled,
         evidence=evidence,
+        field=field,
     )
     metrics = {
         "sample": sample,

@@ -9,7 +9,7 @@ import numpy as np
 from regflow.flow import serial_smoothing
 from regflow.imageops import gaussian
 from regflow.metrics import ncc
-from regflow.qc import WorkingImage, warp_working
+from regflow.qc import WorkingImage, field_on_tissue, warp_working
 from regflow.review import alignment_evidence, evidence_weight
 from regflow.runlog import provenance, read_json, stage_log, write_json
 from regflow.stack import Link, solve_stack
@@ -147,6 +147,19 @@ with stage_log(snakemake.log[0], "stack", case) as log:
         max_jump = TEAR_UM / (sigma_px * working_um * np.sqrt(2 * np.pi))
     else:
         max_jump = 0.2  # a 30 µm tear under the default 64 µm smoothing
+
+    # a section's field judged on its registrations with its neighbours (the stack's
+    # transform also carries theirs and what the chain followed along z); a tear is the
+    # section's own when the registrations on both sides show it: the least torn of them
+    def working_mask(name):
+        return (ref if name == reference else images[name]).tissue_mask
+
+    for section in order:
+        near = [k for k in links if section in (k.fixed, k.moving)
+                and abs(index[k.fixed] - index[k.moving]) == 1]  # fmt: skip
+        fields = [field_on_tissue(k.transform, working_mask(k.fixed), max_jump) for k in near]
+        if fields:
+            sections[section]["field"] = min(fields, key=lambda f: f["jump_fraction"])
     report = {
         "case": case,
         "solve": solve,

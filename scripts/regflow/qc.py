@@ -888,6 +888,19 @@ def _fine_regularity(transform: Transform, both_tissue: np.ndarray, jump: float)
     return field_regularity(transform.fine, (1 / to_fine[1, 1], 1 / to_fine[0, 0]), where, jump)
 
 
+def field_on_tissue(transform: Transform, tissue: np.ndarray, max_jump: float) -> dict:
+    """:func:`regflow.review.field_regularity` of ``transform``'s field where ``tissue`` (a
+    mask on the fixed working grid, resized to the field's own grid) shows tissue."""
+    from .review import field_regularity
+
+    grid = transform.displacement.shape[1:]
+    if tissue.shape != grid:  # the field's own (coarser) grid
+        tissue = _resize_mask(tissue, grid)
+    to_grid = transform.fixed_full_to_working
+    spacing = (1 / to_grid[1, 1], 1 / to_grid[0, 0])
+    return field_regularity(transform.displacement, spacing, tissue, max_jump)
+
+
 def review_registration(
     fixed: WorkingImage,
     moving: WorkingImage,
@@ -900,13 +913,16 @@ def review_registration(
     thresholds: dict | None = None,
     sampled: dict | None = None,
     evidence: dict | None = None,
+    field: dict | None = None,
 ) -> dict:
     """Everything :func:`regflow.review.review` needs, measured; returns ``{"flags",
     "info", "measures"}`` for metrics.json. ``pixel_ratio``: moving / fixed pixel size when
     both are known; ``sampled``: the stages of ``transform`` already resampled
     (:func:`sample_stages`), else done here; ``evidence``: the alignment evidence measured
-    elsewhere (a serial section's, against its neighbours rather than the far reference)."""
-    from .review import affine_shape, field_regularity, global_evidence, review, tissue_overlap
+    elsewhere (a serial section's, against its neighbours rather than the far reference);
+    ``field``: the regularity of the field that judges it (a serial section's registration
+    onto its neighbour, not the stack's transform, which carries its neighbours' too)."""
+    from .review import affine_shape, global_evidence, review, tissue_overlap
 
     if sampled is None:
         stages = stage_transforms(transform)
@@ -916,25 +932,17 @@ def review_registration(
     # can fit unrelated textures (TV-L1 raised an IHC against a retina photograph above the
     # threshold).
     aligned, aligned_mask, aligned_footprint = sampled["rigid"]
-    to_grid = transform.fixed_full_to_working
+    max_jump = (thresholds or {}).get("max_jump", 0.5)
     both_tissue = fixed.tissue_mask & mask & footprint
-    field_grid = transform.displacement.shape[1:]
-    if both_tissue.shape != field_grid:  # the field's own (coarser) grid
-        both_tissue = _resize_mask(both_tissue, field_grid)
-    spacing = (1 / to_grid[1, 1], 1 / to_grid[0, 0])
     measures = {
         "evidence": evidence
         or global_evidence(
             fixed.image, fixed.tissue_mask, aligned, aligned_mask, aligned_footprint
         ),  # fmt: skip
         "overlap": tissue_overlap(fixed.tissue_mask, mask, footprint),
-        "field": field_regularity(
-            transform.displacement, spacing, both_tissue, (thresholds or {}).get("max_jump", 0.5)
-        ),
+        "field": field or field_on_tissue(transform, both_tissue, max_jump),
         "shape": affine_shape(transform.affine, pixel_ratio or 1.0),
-        "field_fine": _fine_regularity(
-            transform, fixed.tissue_mask & mask & footprint, (thresholds or {}).get("max_jump", 0.5)
-        ),  # fmt: skip
+        "field_fine": _fine_regularity(transform, both_tissue, max_jump),
         "ncc_initial": similarity["initial"]["ncc"],
         "ncc_final": similarity["final"]["ncc"],
         "pixel_sizes_known": pixel_ratio is not None,
