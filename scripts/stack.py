@@ -151,13 +151,15 @@ with stage_log(snakemake.log[0], "stack", case) as log:
     # a section's field judged on its registrations with its neighbours (the stack's
     # transform also carries theirs and what the chain followed along z); a tear is the
     # section's own when the registrations on both sides show it: the least torn of them
-    def working_mask(name):
-        return (ref if name == reference else images[name]).tissue_mask
-
+    regularity = {
+        (k.fixed, k.moving): field_on_tissue(
+            k.transform, (ref if k.fixed == reference else images[k.fixed]).tissue_mask, max_jump
+        )
+        for k in links
+        if abs(index[k.fixed] - index[k.moving]) == 1
+    }
     for section in order:
-        near = [k for k in links if section in (k.fixed, k.moving)
-                and abs(index[k.fixed] - index[k.moving]) == 1]  # fmt: skip
-        fields = [field_on_tissue(k.transform, working_mask(k.fixed), max_jump) for k in near]
+        fields = [f for pair, f in regularity.items() if section in pair]
         if fields:
             sections[section]["field"] = min(fields, key=lambda f: f["jump_fraction"])
     report = {
