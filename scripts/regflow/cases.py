@@ -230,6 +230,8 @@ def _case_registrations(case, records, reference, positions, chain, distance=2) 
             for skip in range(2, distance + 1):  # links that skip the neighbour(s)
                 if abs(i - r) >= skip:
                     links.append((record, ordered[i + skip * step], anchor[id(record)]))
+            if abs(i - r) > distance:  # and onto the reference: a constraint that never drifts
+                links.append((record, reference, anchor[id(record)]))
         for below in range(1, distance):  # across the reference
             for above in range(1, distance - below + 1):
                 if r - below >= 0 and r + above < len(ordered):

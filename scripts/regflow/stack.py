@@ -118,6 +118,7 @@ def solve_stack(
     robust_um: float = 5.0,
     drift: str = "linear",
     sweeps: int = 12,
+    max_reach: int = 3,
 ) -> StackResult:
     """One transform per section of ``order`` (the reference included, as the identity).
 
@@ -135,6 +136,7 @@ def solve_stack(
     pixel_size_um : the reference's pixel size (the robust scale is in µm); unknown: the
         scale is ``robust_um`` × 1/1000 of the reference's diagonal per µm … i.e. 0.2 %.
     drift : ``linear`` (remove the drift along the stack) or ``none``.
+    max_reach : links are weighted 1/d² for the d sections they span, up to this d.
     """
     height, width = reference_shape
     factor = grid / max(height, width)
@@ -173,9 +175,11 @@ def solve_stack(
     # 2. reconcile all links, node by node (Gauss–Seidel sweeps outwards)
     touching = {s: [k for k in links if s in (k.fixed, k.moving)] for s in order}
     # a link's error grows with the sections it spans (structures move along z: 1.2, 2.3 and
-    # 3.3 µm median at distances 1, 2, 3 on benchmarks/stack.py's blocks): inverse variance
-    reach = {(k.fixed, k.moving): 1.0 / max(abs(index[k.fixed] - index[k.moving]), 1) ** 2
-             for k in links}  # fmt: skip
+    # 3.3 µm median at distances 1, 2, 3 on benchmarks/stack.py's blocks): inverse variance,
+    # up to the distance where the structures a registration could follow have left
+    # (``max_reach``, the links' distance): a far section's link onto the reference counts so
+    reach = {(k.fixed, k.moving): 1.0 / min(max(abs(index[k.fixed] - index[k.moving]), 1),
+                                            max_reach) ** 2 for k in links}  # fmt: skip
     weights_seen = {}
     for sweep in range(sweeps):
         robust = sweep >= 2
