@@ -227,14 +227,14 @@ def sample_value(column, default=""):
 
     def get(wildcards):
         value = ROW[wildcards.sample].get(column)
-        return default if value is None or pd.isna(value) else value
+        return default if value is None else value
 
     return get
 
 
 def has_value(sample, column):
     value = ROW[sample].get(column)
-    return value is not None and not pd.isna(value) and value != ""
+    return value is not None and value != ""
 
 
 def has_landmarks(sample, role):
@@ -286,8 +286,7 @@ def associated_path(wildcards):
 
 def sample_row(wildcards):
     """Every sheet value of a sample, so that editing one row reruns that sample only."""
-    row = ROW[wildcards.sample]
-    return {k: ("" if pd.isna(v) else v) for k, v in row.items()}
+    return {k: ("" if v is None else v) for k, v in ROW[wildcards.sample].items()}
 
 
 def library_modules(*modules):

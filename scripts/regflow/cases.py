@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 
 import pandas as pd
 
@@ -136,7 +137,7 @@ def from_images(table: pd.DataFrame, chain: bool = False, link_distance: int = 2
                 "digits, '_', '-' and '.', starting with a letter or digit"
             )
         ids = [str(r.get("image")) for r in records]
-        for duplicate in sorted({i for i in ids if ids.count(i) > 1}):
+        for duplicate in sorted(i for i, n in Counter(ids).items() if n > 1):
             errors.append(f"{where}, image {duplicate!r}: column image: appears more than once "
                           "in the case; image ids must be unique within a case")  # fmt: skip
         for image in ids:

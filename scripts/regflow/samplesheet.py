@@ -42,13 +42,17 @@ def _blank(value) -> bool:
     )
 
 
+def _verify_or_error(path: str) -> ImageInfo | ImageReadError:
+    try:
+        return verify_image(path)
+    except ImageReadError as exc:
+        return exc
+
+
 def _verified(path: str, cache: dict) -> ImageInfo | ImageReadError:
     """:func:`verify_image` once per file (a case's reference serves many registrations)."""
     if path not in cache:
-        try:
-            cache[path] = verify_image(path)
-        except ImageReadError as exc:
-            cache[path] = exc
+        cache[path] = _verify_or_error(path)
     return cache[path]
 
 
@@ -85,9 +89,10 @@ def verify_images(
             known = {}
     results: dict[str, ImageInfo | ImageReadError] = {}
     todo = []
+    stamps = {path: _stamp(path) for path in paths}  # before reading: a later change is seen
     for path in paths:
         entry = known.get(os.path.abspath(path))
-        stamp = _stamp(path)
+        stamp = stamps[path]
         if entry and stamp is not None and tuple(entry["stamp"]) == stamp:
             info = dict(entry["info"], path=path)
             info["shape"] = tuple(info["shape"])
@@ -97,22 +102,16 @@ def verify_images(
         else:
             todo.append(path)
 
-    def check(path):
-        try:
-            return verify_image(path)
-        except ImageReadError as exc:
-            return exc
-
     workers = workers or min(8, os.cpu_count() or 1)
     if len(todo) > 1 and workers > 1:
         with ThreadPoolExecutor(workers) as pool:
-            results.update(zip(todo, pool.map(check, todo), strict=True))
+            results.update(zip(todo, pool.map(_verify_or_error, todo), strict=True))
     else:
-        results.update((path, check(path)) for path in todo)
+        results.update((path, _verify_or_error(path)) for path in todo)
     if cache_file is not None and todo:
         files = {}
         for path, info in results.items():
-            stamp = _stamp(path)
+            stamp = stamps[path]
             if isinstance(info, ImageInfo) and stamp is not None:
                 files[os.path.abspath(path)] = {"stamp": stamp, "info": dataclasses.asdict(info)}
         try:
