@@ -58,7 +58,7 @@ with stage_log(snakemake.log[0], "stack", case) as log:
         pixel_size_um=pixel_size, robust_um=settings.get("robust_um", 5.0),
         drift=settings.get("drift", "linear") if solve == "stack" else "none",
         sweeps=12 if solve == "stack" else 0,
-        max_reach=max(int(settings.get("link_distance", 3)), 1),
+        max_reach=max(int(settings.get("link_distance", 2)), 1),
     )  # fmt: skip
     folder = Path(snakemake.output.transforms)
     folder.mkdir(parents=True, exist_ok=True)

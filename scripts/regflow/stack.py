@@ -118,7 +118,7 @@ def solve_stack(
     robust_um: float = 5.0,
     drift: str = "linear",
     sweeps: int = 12,
-    max_reach: int = 3,
+    max_reach: int = 2,
 ) -> StackResult:
     """One transform per section of ``order`` (the reference included, as the identity).
 
@@ -174,10 +174,11 @@ def solve_stack(
 
     # 2. reconcile all links, node by node (Gauss–Seidel sweeps outwards)
     touching = {s: [k for k in links if s in (k.fixed, k.moving)] for s in order}
-    # a link's error grows with the sections it spans (structures move along z: 1.2, 2.3 and
-    # 3.3 µm median at distances 1, 2, 3 on benchmarks/stack.py's blocks): inverse variance,
-    # up to the distance where the structures a registration could follow have left
-    # (``max_reach``, the links' distance): a far section's link onto the reference counts so
+    # a link's error grows with the sections it spans (structures move along z: 1.3, 2.3 and
+    # 3.1 µm median at distances 1, 2, 3 on benchmarks/stack.py's blocks): inverse variance,
+    # up to the distance where a link onto the reference is better (``max_reach``, the
+    # links' distance: 2.8 µm from 4-12 sections away): a far section's link onto the
+    # reference counts as one of ``max_reach``
     reach = {(k.fixed, k.moving): 1.0 / min(max(abs(index[k.fixed] - index[k.moving]), 1),
                                             max_reach) ** 2 for k in links}  # fmt: skip
     weights_seen = {}
