@@ -15,8 +15,6 @@ rule flow:
     # registrations first, the leaves (warp, points, qc) fill the cores after: the last
     # pair's chain does not start late and leave one core idle at the end
     priority: 10
-    group:
-        "sample"
     conda:
         "../envs/regflow.yaml"
     threads: 1

@@ -10,8 +10,6 @@ rule integrity:
         f"{OUTDIR}/logs/integrity/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/integrity/{{sample}}.tsv"
-    group:
-        "sample"
     conda:
         "../envs/regflow.yaml"
     threads: 1

@@ -13,8 +13,6 @@ rule preprocess:
     # registrations first, the leaves (warp, points, qc) fill the cores after: the last
     # pair's chain does not start late and leave one core idle at the end
     priority: 10
-    group:
-        "sample"
     conda:
         "../envs/regflow.yaml"
     threads: 1

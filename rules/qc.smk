@@ -13,8 +13,6 @@ rule qc:
         f"{OUTDIR}/logs/qc/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/qc/{{sample}}.tsv"
-    group:
-        "sample"
     conda:
         "../envs/regflow.yaml"
     threads: 1

@@ -9,8 +9,6 @@ rule refine:
     benchmark:
         f"{OUTDIR}/benchmarks/refine/{{sample}}.tsv"
     priority: 10
-    group:
-        "sample"
     conda:
         "../envs/regflow.yaml"
     # tiles in parallel on the job's threads; memory: a tile per thread and the node grid

@@ -13,9 +13,6 @@ rule stack:
     benchmark:
         f"{OUTDIR}/benchmarks/stack/{{case}}.tsv"
     priority: 10
-    # a case's registrations, solve and per-section stages form one connected group job
-    group:
-        "sample"
     conda:
         "../envs/regflow.yaml"
     threads: 1

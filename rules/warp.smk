@@ -9,8 +9,6 @@ rule warp:
         f"{OUTDIR}/logs/warp/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/warp/{{sample}}.tsv"
-    group:
-        "sample"
     conda:
         "../envs/regflow.yaml"
     threads: warp_threads
@@ -36,8 +34,6 @@ rule points:
         f"{OUTDIR}/logs/points/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/points/{{sample}}.tsv"
-    group:
-        "sample"
     conda:
         "../envs/regflow.yaml"
     threads: 1
@@ -63,8 +59,6 @@ rule annotations:
         f"{OUTDIR}/benchmarks/annotations_{{direction}}/{{sample}}.tsv"
     wildcard_constraints:
         direction="warped|in_moving",
-    group:
-        "sample"
     conda:
         "../envs/regflow.yaml"
     threads: 1
@@ -94,8 +88,6 @@ rule associated:
         f"{OUTDIR}/benchmarks/associated/{{sample}}/{{name}}.tsv"
     wildcard_constraints:
         name=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    group:
-        "sample"
     conda:
         "../envs/regflow.yaml"
     threads: warp_threads
