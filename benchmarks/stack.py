@@ -4,7 +4,7 @@ against a generated block's own coordinates.
 Usage::
 
     .venv/bin/python benchmarks/stack.py --workdir /tmp/stack [--sections 24] [--size 768]
-        [--modes direct,chain,stack] [--unrelated K]
+        [--modes direct,chain,stack] [--unrelated K] [--stroma-period P]
 
 Generates one block (``regflow.block.make_serial_block``): ``--sections`` sections of 5 µm at
 2 µm/px, each under a random pose (any rotation, shifts up to 12 % of the side) and its own
@@ -101,13 +101,17 @@ def main() -> None:
     parser.add_argument("--modes", default="direct,chain,stack")
     parser.add_argument("--unrelated", type=int, default=None,
                         help="replace this section (0-based) by another block's")  # fmt: skip
+    parser.add_argument("--stroma-period", type=float, default=None,
+                        help="sections over which the stroma texture changes (a quarter "
+                             "period); default 4 × sections, nearly constant")  # fmt: skip
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args()
     data = args.workdir / "data"
     sheet_path = args.workdir / "images.tsv"
     if not sheet_path.exists():
         sheet, _ = make_serial_block(data, n_sections=args.sections, size=args.size,
-                                     seed=args.seed, unrelated=args.unrelated)  # fmt: skip
+                                     seed=args.seed, unrelated=args.unrelated,
+                                     stroma_period=args.stroma_period)  # fmt: skip
         sheet.to_csv(sheet_path, sep="\t", index=False)
     sheet = pd.read_csv(sheet_path, sep="\t", dtype=str)
     order = list(sheet.sort_values("order", key=lambda c: c.astype(int))["image"])

@@ -50,7 +50,8 @@ class Block:
     """The block's content; :meth:`section` renders the slice of section ``k``."""
 
     def __init__(self, size: int, n_sections: int, pixel_size_um: float,
-                 max_oblique_um: float, seed: int, thickness_um: float = 5.0):  # fmt: skip
+                 max_oblique_um: float, seed: int, thickness_um: float = 5.0,
+                 stroma_period: float | None = None):  # fmt: skip
         rng = np.random.default_rng(seed)
         self.size, self.n_sections, self.seed = size, n_sections, seed
         self.pixel_size_um = pixel_size_um
@@ -61,6 +62,9 @@ class Block:
         self._radius = radius
         self._outline = [_smooth_noise(rng, shape, size / 12) for _ in range(2)]
         self._stroma = [_smooth_noise(rng, shape, 3.0) for _ in range(2)]
+        # sections over which the stroma's texture turns into another (a quarter period):
+        # by default it barely changes through the block (4 × its depth)
+        self.stroma_period = stroma_period or 4.0 * n_sections
         self._fibres = [_smooth_noise(rng, shape, 1.2) for _ in range(2)]
         n_tubes = max(6, int(round(24 * (size / 1024) ** 2)))
         tubes = []
@@ -96,7 +100,7 @@ class Block:
         rng = np.random.default_rng([self.seed, k])
         size = self.size
         tissue = self.tissue(k)
-        stroma = 0.55 + 0.25 * np.tanh(self.depth_mix(self._stroma, k, 4 * self.n_sections))
+        stroma = 0.55 + 0.25 * np.tanh(self.depth_mix(self._stroma, k, self.stroma_period))
         stroma += 0.12 * np.tanh(self.depth_mix(self._fibres, k, 2.0))
         lumen = np.zeros((size, size), bool)
         epithelium = np.zeros((size, size), bool)
@@ -195,20 +199,26 @@ def make_serial_block(
     n_points: int = 48,
     unrelated: int | None = None,
     seed: int = 0,
+    stroma_period: float | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Write the block's sections (OME-TIFF RGB) and landmark files; return the images sheet
     (``order``, ``thickness_um``, the ``reference`` in the middle unless given) and the truth.
 
     ``unrelated`` replaces that section by a section of another block (a swapped slide).
     Indices past the stack are ignored (``torn``, ``ihc``), so small stacks keep the defaults.
+    ``stroma_period`` (sections): how fast the stroma's texture changes with depth (it turns
+    into another texture over a quarter period); default 4 × ``n_sections``, nearly constant.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    block = Block(size, n_sections, pixel_size_um, max_oblique_um, seed, thickness_um)
+    block = Block(
+        size, n_sections, pixel_size_um, max_oblique_um, seed, thickness_um, stroma_period
+    )
     reference = n_sections // 2 if reference is None else reference
     rng = np.random.default_rng(seed + 1)
     points = block_landmarks(block, reference, n_points, rng)
-    other = (Block(size, n_sections, pixel_size_um, max_oblique_um, seed + 1000, thickness_um)
+    other = (Block(size, n_sections, pixel_size_um, max_oblique_um, seed + 1000, thickness_um,
+                   stroma_period)
              if unrelated is not None else None)  # fmt: skip
     rows, poses = [], {}
     for k in range(n_sections):
