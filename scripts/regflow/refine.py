@@ -295,6 +295,7 @@ def refine_transform(
     probes = list(dict.fromkeys(probes))
     job = _JOB
     stopped = None
+    cv_threads = None
     try:
         pool = None
 
@@ -325,6 +326,14 @@ def refine_transform(
             if threads > 1 and len(starts) > threads:
                 import multiprocessing
 
+                import cv2
+
+                # OpenCV's thread pool does not survive a fork: a child inheriting a started
+                # pool can wait forever on threads it does not have (seen once in a full test
+                # run). The parent only collects meanwhile: its pool is stopped before the
+                # workers are forked and restored after.
+                cv_threads = cv2.getNumThreads()
+                cv2.setNumThreads(1)
                 context = multiprocessing.get_context("fork")
                 pool = ProcessPoolExecutor(threads, mp_context=context, initializer=_start_worker)
             for result in run(starts):
@@ -333,6 +342,10 @@ def refine_transform(
             pool.shutdown()
     finally:
         _JOB = None
+        if cv_threads is not None:
+            import cv2
+
+            cv2.setNumThreads(cv_threads)
     fine = (accumulated / np.maximum(weights, 1e-12)).astype(np.float32)
     # node k at refinement px k·step, i.e. full-resolution px (k·step + 0.5)·down − 0.5
     to_node = 1.0 / (down * step)
