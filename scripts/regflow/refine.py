@@ -342,9 +342,7 @@ def refine_transform(
             pool.shutdown()
     finally:
         _JOB = None
-        if cv_threads is not None:
-            import cv2
-
+        if cv_threads is not None:  # cv2 was imported above, with the pool
             cv2.setNumThreads(cv_threads)
     fine = (accumulated / np.maximum(weights, 1e-12)).astype(np.float32)
     # node k at refinement px k·step, i.e. full-resolution px (k·step + 0.5)·down − 0.5
