@@ -1,5 +1,6 @@
 """Serial sections rebuilt as one stack: one transform per section (reference frame → section)
-from the pairwise registrations of neighbours at distances 1 and 2.
+from the pairwise registrations of neighbours (distances 1 to ``link_distance``) and, for
+sections farther than that, onto the reference.
 
 Composing neighbour registrations along the stack (a *chain*) has two faults: an error of one
 pair moves every section beyond it (a torn or swapped section derails the rest of the
@@ -15,8 +16,10 @@ every section ``s``:
    ``T``, mapping ``f``'s pixels to ``m``'s) by weighted least squares, node by node: each
    section's position is the weighted mean of what its links predict (``T(X_f)`` for the
    moving side; one Newton step of ``T⁻¹`` from the current position for the fixed side),
-   swept outwards from the reference until it settles. Weights are robust (Cauchy, scale
-   ``robust_um``) after a first unweighted pass, per node: a link that disagrees with the
+   swept outwards from the reference until it settles. A link counts by its evidence and by
+   1/d² for the d sections it spans (a link onto the reference as one of ``max_reach``);
+   weights are robust (Cauchy, scale ``robust_um``) after a first unweighted pass, per
+   node: a link that disagrees with the
    others there (a torn area, a swapped section, a failed pair) is out-voted, so one bad
    section does not move its neighbours — they reach each other over the distance-2 links.
 3. **Remove the drift**: each section's map is split into a rigid pose ``R_s`` and a
@@ -179,8 +182,8 @@ def solve_stack(
     # up to the distance where a link onto the reference is better (``max_reach``, the
     # links' distance: 2.8 µm from 4-12 sections away): a far section's link onto the
     # reference counts as one of ``max_reach``
-    reach = {(k.fixed, k.moving): 1.0 / min(max(abs(index[k.fixed] - index[k.moving]), 1),
-                                            max_reach) ** 2 for k in links}  # fmt: skip
+    span = {(k.fixed, k.moving): abs(index[k.fixed] - index[k.moving]) for k in links}
+    reach = {pair: 1.0 / min(max(d, 1), max_reach) ** 2 for pair, d in span.items()}
     weights_seen = {}
     for sweep in range(sweeps):
         robust = sweep >= 2
