@@ -19,9 +19,9 @@ every section ``s``:
    swept outwards from the reference until it settles. A link counts by its evidence and by
    1/d² for the d sections it spans (a link onto the reference as one of ``max_reach``);
    weights are robust (Cauchy, scale ``robust_um``) after a first unweighted pass, per
-   node: a link that disagrees with the
-   others there (a torn area, a swapped section, a failed pair) is out-voted, so one bad
-   section does not move its neighbours — they reach each other over the distance-2 links.
+   node: a link that disagrees with the others there (a torn area, a swapped section, a
+   failed pair) is out-voted, so one bad section does not move its neighbours — they reach
+   each other over the distance-2 links.
 3. **Remove the drift**: each section's map is split into a rigid pose ``R_s`` and a
    displacement ``d_s(p)`` in the reference frame; per node, the part of ``d`` that grows
    linearly along the stack (``b(p) · (z_s − z_ref)``, fitted over all sections with their
