@@ -13,11 +13,8 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 
 
-# A registration id is a pair sheet's sample, an images sheet's case/image, or a serial stack's
-# extra link case/moving~fixed: one generic
-# pattern (an alternation of every id made planning quadratic in the cohort size).
 wildcard_constraints:
-    sample=r"[A-Za-z0-9][A-Za-z0-9_.-]*(?:/[A-Za-z0-9][A-Za-z0-9_.-]*(?:~[A-Za-z0-9][A-Za-z0-9_.-]*)?)?",
+    sample=SAMPLE_PATTERN,
     case=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 

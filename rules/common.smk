@@ -13,6 +13,7 @@ REGFLOW_ROOT = Path(str(workflow.current_basedir)).resolve().parent
 # The rule scripts' library, also used here to check the sample sheet before any job runs.
 sys.path.insert(0, str(REGFLOW_ROOT / "scripts"))
 from regflow.cases import (  # noqa: E402
+    STAGE_FOLDERS,
     SheetError,
     case_images,
     from_images,
@@ -26,6 +27,14 @@ from regflow.samplesheet import check_sample_sheet  # noqa: E402
 validate(config, schema="../config/schemas/config.schema.yaml")
 
 OUTDIR = config["outdir"].rstrip("/")
+# A registration id: a pair sheet's sample, an images sheet's case/image, or a serial stack's
+# extra link case/moving~fixed. One generic pattern (an alternation of every id made planning
+# quadratic in the cohort size). Its second part is never a stage folder (image ids cannot be
+# one): else <sample>/flow/transform.npz would also read as refine's output of a sample
+# "<sample>/flow", whose input function fails in a job run alone (a cluster job's
+# --allowed-rules refine).
+_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+SAMPLE_PATTERN = rf"{_ID}(?:/(?!(?:{'|'.join(STAGE_FOLDERS)})/){_ID}(?:~{_ID})?)?"
 # Output images: OME-TIFF files or OME-Zarr folders (warp.format)
 ZARR = config["warp"]["format"] == "ome-zarr"
 IMAGE = "ome.zarr" if ZARR else "ome.tif"

@@ -54,6 +54,25 @@ def planned_jobs(workdir: Path, *args: str, snakefile: Path | None = None) -> di
     }
 
 
+def jobs_run_alone(workdir: Path, *args: str) -> dict[str, str]:
+    """Plan one job of every rule on its own, as a cluster executor runs it (``--target-jobs``
+    with only its rule allowed, forced): job → Snakemake's error, for those that fail."""
+    output = run_snakemake(workdir, "--dry-run", "--forceall", *args).stdout
+    first = {}  # rule -> its first job's wildcards, as --target-jobs takes them
+    job = r"^(?:local)?rule (\w+):\n(?:    (?!wildcards).*\n)*    wildcards: (.*)$"
+    for rule, wildcards in re.findall(job, output, re.MULTILINE):
+        first.setdefault(rule, wildcards.replace(" ", ""))
+    assert first, output[-2000:]
+    failures = {}
+    for rule, wildcards in first.items():
+        job = f"{rule}:{wildcards}"
+        result = run_snakemake(workdir, "--dry-run", "--force", "--target-jobs", job,
+                               "--allowed-rules", rule, *args, check=False)  # fmt: skip
+        if result.returncode != 0:
+            failures[job] = (result.stdout + result.stderr)[-1500:]
+    return failures
+
+
 def make_cohort(folder: Path, size: int, sheet: Path | None = None) -> None:
     """The example generator's three pairs at ``size`` px (and their sample sheet)."""
     script = ROOT / "scripts" / "make_example_cohort.py"

@@ -110,6 +110,7 @@ VALIDATION_CASES = {
         "sample 'good': column sample: the id appears more than once",
     ),
     "unsafe id": ({"sample": "../escape"}, "sample '../escape': column sample: unsafe id"),
+    "reserved id": ({"sample": "logs"}, "sample 'logs': column sample: 'logs' is reserved"),
     "image over the size cap": ({}, "more than preprocess.max_pixels=10000"),
 }
 

@@ -34,6 +34,8 @@ def test_images_sheet_problems_name_case_image_and_column():
             _image("c3", "he"),  # duplicate id
             _image("c4", "../up", "true"),
             _image("c4", "ok", reference="maybe"),
+            _image("logs", "he", "true"),  # the log folder's name
+            _image("logs", "flow"),  # a stage folder's name
         ]
     )
     with pytest.raises(SheetError) as error:
@@ -44,6 +46,8 @@ def test_images_sheet_problems_name_case_image_and_column():
     assert "case 'c3', image 'he': column image: appears more than once" in text
     assert "case 'c4', image '../up': column image: unsafe id" in text
     assert "case 'c4', image 'ok': column reference: 'maybe' is not true or false" in text
+    assert "case 'logs': column case: 'logs' is reserved" in text
+    assert "case 'logs', image 'flow': column image: 'flow' is reserved" in text
 
 
 def test_chain_mode_needs_an_order_and_links_each_image_to_its_neighbour():

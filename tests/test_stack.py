@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
-from helpers import run_snakemake
+from helpers import jobs_run_alone, run_snakemake
 from regflow.block import make_serial_block
 from regflow.io import write_ome_tiff
 from regflow.rigid import similarity_matrix
@@ -246,6 +246,11 @@ def test_the_block_volume_has_one_plane_per_section_equal_to_its_output(block):
             continue
         warped = zarr.open_group(str(out / image / "warped.ome.zarr"), mode="r")["0"]
         np.testing.assert_array_equal(volume[:, z], warped[:])
+
+
+@pytest.mark.workflow
+def test_every_block_job_plans_on_its_own_as_on_a_cluster(block):
+    assert jobs_run_alone(block[0]) == {}
 
 
 @pytest.mark.workflow

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from helpers import SAMPLE_OUTPUTS, make_cohort, planned_jobs, run_snakemake
+from helpers import SAMPLE_OUTPUTS, jobs_run_alone, make_cohort, planned_jobs, run_snakemake
 from regflow.io import read_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,3 +214,9 @@ def test_associated_label_image_keeps_its_labels(cohort):
     assert len(np.unique(warped)) > 0.8 * len(np.unique(labels))
     info = read_info(output)
     assert info.pixel_size_um == pytest.approx(0.5)  # the fixed image's grid
+
+
+def test_every_job_plans_on_its_own_as_on_a_cluster(cohort):
+    # A cluster job runs one job with only its rule allowed: a stage's file under the sample's
+    # folder (<sample>/flow/transform.npz) must not read as another rule's output.
+    assert jobs_run_alone(cohort) == {}

@@ -29,6 +29,26 @@ from collections import Counter
 import pandas as pd
 
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Names regflow writes next to a sample's or case's folder: an id equal to one would share a
+# path with regflow's own files (and make a stage's file look like another sample's output).
+RESERVED_SAMPLE_IDS = frozenset({"logs", "benchmarks", "summary.tsv", "summary.png"})
+# A sample's stage folders, and a case's own outputs, inside out/<case>/.
+STAGE_FOLDERS = ("preprocess", "flow", "associated", "stack")
+RESERVED_IMAGE_IDS = frozenset(
+    {*STAGE_FOLDERS, "stack.json", "volume.ome.zarr", "volume.ome.tif", "case_qc.png",
+     "integrity.tsv", "merged.ome.tif", "merged.ome.zarr"}
+)  # fmt: skip
+
+
+def reserved_id(value: str, image: bool = False) -> str:
+    """Why ``value`` cannot be a sample/case id (``image``: an image id within a case), or ""."""
+    names = RESERVED_IMAGE_IDS if image else RESERVED_SAMPLE_IDS
+    if value in names:
+        return (f"{value!r} is reserved (regflow writes its own "
+                f"{'stage files' if image else 'files'} under that name); rename it")  # fmt: skip
+    return ""
+
+
 PAIR_COLUMNS = (
     "sample",
     "fixed",
@@ -136,6 +156,8 @@ def from_images(table: pd.DataFrame, chain: bool = False, link_distance: int = 2
                 f"{where}: column case: unsafe id (it becomes a folder name); use letters, "
                 "digits, '_', '-' and '.', starting with a letter or digit"
             )
+        elif reserved_id(str(case)):
+            errors.append(f"{where}: column case: {reserved_id(str(case))}")
         ids = [str(r.get("image")) for r in records]
         for duplicate in sorted(i for i, n in Counter(ids).items() if n > 1):
             errors.append(f"{where}, image {duplicate!r}: column image: appears more than once "
@@ -144,6 +166,9 @@ def from_images(table: pd.DataFrame, chain: bool = False, link_distance: int = 2
             if not ID.match(image) or ".." in image:
                 errors.append(f"{where}, image {image!r}: column image: unsafe id (it becomes "
                               "a folder name); use letters, digits, '_', '-' and '.'")  # fmt: skip
+            elif reserved_id(image, image=True):
+                errors.append(f"{where}, image {image!r}: column image: "
+                              f"{reserved_id(image, image=True)}")  # fmt: skip
         flags = [
             "" if _blank(r.get("reference")) else str(r["reference"]).strip().lower()
             for r in records

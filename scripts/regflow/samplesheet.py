@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .annotations import AnnotationError, read_features
-from .cases import MODEL_COLUMNS, PAIR_COLUMNS, associated_name
+from .cases import MODEL_COLUMNS, PAIR_COLUMNS, associated_name, reserved_id
 from .channels import MODALITIES, ChannelError, resolve_channel
 from .formats import (
     ImageInfo,
@@ -261,6 +261,8 @@ def check_sample_sheet(
                 f"{where}: column sample: unsafe id (ids become folder names); use letters, "
                 "digits, '_', '-' and '.', starting with a letter or digit, without '..'"
             )
+        elif not images_sheet and reserved_id(sample):
+            errors.append(f"{where}: column sample: {reserved_id(sample)}")
         landmark_counts = {}
         infos = {}  # each role's header with the sheet's pixel size applied
         for role in ROLES:
