@@ -72,7 +72,9 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         # to a reference many sections away, whose cells and structures differ
         stack = read_json(snakemake.input.stack)
         entry = stack["sections"][sample.rsplit("/", 1)[-1]]
-        evidence = {"evidence": entry["evidence"], "against": "neighbours"}
+        evidence = {"evidence": entry["evidence"], "against": "neighbours",
+                    "agreement": entry.get("agreement"),
+                    "min_agreement": stack.get("min_agreement")}  # fmt: skip
         field = entry.get("field")
         thresholds["min_evidence"] = stack["min_evidence"]
         # its field is smoothed over tissue scale: a tear is a steep slope, not a step

@@ -110,6 +110,7 @@ with stage_log(snakemake.log[0], "stack", case) as log:
             },
             "ncc_neighbours": float(np.mean(similarities)) if similarities else float("nan"),
             "weight": result.section_weights.get(section, 1.0),
+            "agreement": result.section_agreement.get(section, 1.0),
             "drift_removed_um": result.drift_um.get(section, 0.0),
             "chain_vs_stack_um": float(np.median(chain_moved)) * (pixel_size or 1.0),
             "position": index[section],
@@ -138,7 +139,14 @@ with stage_log(snakemake.log[0], "stack", case) as log:
     evidence = {s: v["evidence"] for s, v in sections.items() if s != reference}
     typical = np.nanmedian(list(evidence.values()) or [np.nan])
     threshold = min(min_evidence, 0.6 * typical) if np.isfinite(typical) else min_evidence
-    bad = [s for s, v in evidence.items() if np.isfinite(v) and v < threshold]
+    # or whose registrations with its neighbours disagree with one another (chance matches;
+    # one of them can still score above the threshold)
+    min_agreement = float(settings.get("min_agreement", 0.15))
+    bad = [
+        s
+        for s, v in evidence.items()
+        if (np.isfinite(v) and v < threshold) or sections[s]["agreement"] < min_agreement
+    ]
     # the flow between sections is smoothed (flow.py): a tear of TEAR_UM leaves a gradient of
     # TEAR_UM / (σ √(2π)) in the field instead of a step; the review's jump limit follows
     working_um = pixel_size / float(ref.full_to_working[0, 0]) if pixel_size else None
@@ -175,6 +183,7 @@ with stage_log(snakemake.log[0], "stack", case) as log:
         "unrelated": bad,
         "min_evidence": float(threshold),
         "min_evidence_configured": min_evidence,
+        "min_agreement": min_agreement,
         "max_jump": float(max_jump),
         "pixel_size_um": pixel_size,
         "working_pixel_um": working_um,
@@ -183,7 +192,9 @@ with stage_log(snakemake.log[0], "stack", case) as log:
     }
     write_json(snakemake.output.info, report)
     for section in bad:
-        log.warning("section %s: evidence against its neighbours %.1f (< %.1f): not the same "
-                    "block?", section, sections[section]["evidence"], threshold)  # fmt: skip
+        log.warning("section %s: evidence against its neighbours %.1f (threshold %.1f), its "
+                    "links' agreement %.3f (threshold %.2f): not the same block?", section,
+                    sections[section]["evidence"], threshold, sections[section]["agreement"],
+                    min_agreement)  # fmt: skip
     log.info("%s solve of %d sections, %d links in %.1f s", solve, len(order), len(links),
              report["seconds"])  # fmt: skip

@@ -116,6 +116,20 @@ def test_a_known_stack_is_recovered_and_a_swapped_section_does_not_move_its_neig
     )
 
 
+def test_a_swapped_section_whose_one_link_matches_by_chance_disagrees_with_its_neighbours():
+    # one of the swapped section's registrations scores full evidence (a chance match): its
+    # weight is no longer low, but its links still disagree with one another
+    names, poses, fields, links = _stack(9, 4, 3.0, None, seed=1, bad=2)
+    chance = next(i for i, k in enumerate(links) if "s2" in (k.fixed, k.moving))
+    links[chance] = Link(links[chance].fixed, links[chance].moving, links[chance].transform, 1.0)
+    shapes = dict.fromkeys(names, SHAPE)
+    stack = solve_stack(names, "s4", links, SHAPE, shapes, grid=64, pixel_size_um=1.0)
+    genuine = [s for s in names if s not in ("s2", "s4")]
+    assert stack.section_agreement["s2"] < 0.15 < min(stack.section_agreement[s] for s in genuine)
+    chain = solve_stack(names, "s4", links, SHAPE, shapes, grid=64, sweeps=0, drift="none")
+    assert all(np.isnan(chain.section_agreement[s]) for s in genuine)  # no robust solve
+
+
 def test_the_drift_along_the_stack_is_removed_and_each_section_keeps_its_distortion():
     # every link follows a structure that moves 1.5 px per section in a quarter of the tissue
     drift = np.zeros((2, 9, 11))

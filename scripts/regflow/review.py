@@ -173,10 +173,17 @@ def review(measures: dict, thresholds: dict | None = None) -> tuple[list[dict], 
         flags.append({"flag": name, "reason": reason})
 
     evidence = (measures.get("evidence") or {}).get("evidence")
+    # a serial section: how well its registrations with its neighbours agree (stack solve)
+    agreement = (measures.get("evidence") or {}).get("agreement")
+    min_agreement = (measures.get("evidence") or {}).get("min_agreement")
     if evidence is not None and np.isfinite(evidence) and evidence < limits["min_evidence"]:
         flag("unrelated_images", f"the images match hardly better at the found alignment than "
              f"at random offsets (evidence {evidence:.1f} < {limits['min_evidence']:g}): they "
              "may show different tissue or another sample's slide")  # fmt: skip
+    elif agreement is not None and min_agreement is not None and agreement < min_agreement:
+        flag("unrelated_images", f"its registrations with its neighbouring sections disagree "
+             f"with one another (agreement {agreement:.3f} < {min_agreement:g}): chance "
+             "matches; it may be another block's section")  # fmt: skip
     ncc_initial, ncc_final = measures.get("ncc_initial"), measures.get("ncc_final")
     if ncc_initial is not None and ncc_final is not None and ncc_initial < 0.9:
         if ncc_final <= ncc_initial + 0.01:

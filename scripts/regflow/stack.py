@@ -61,6 +61,10 @@ class StackResult:
     section_weights: dict[str, float]
     drift_um: dict[str, float] = field(default_factory=dict)  # linear drift removed (median)
     nodes: np.ndarray | None = None
+    # per section, how well its links agree with the solve (the median over its links of the
+    # robust factor alone, 1 = consistent, evidence aside): a swapped section's links are
+    # chance matches that disagree with one another; NaN without a robust solve (the chain)
+    section_agreement: dict[str, float] = field(default_factory=dict)
 
 
 def _rigid_fit(source: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -219,10 +223,17 @@ def solve_stack(
         link_weights[(link.fixed, link.moving)] = float(
             np.sum(mean * weight_nodes) / weight_nodes.sum()
         )
-    section_weights = {reference: 1.0}
+    section_weights, section_agreement = {reference: 1.0}, {reference: 1.0}
     for section in outward:
         own = [v for (f, m), v in link_weights.items() if section in (f, m)]
         section_weights[section] = float(np.median(own)) if own else 0.0
+        agreement = [
+            float(np.sum(seen * weight_nodes) / weight_nodes.sum()) / link.weight
+            for link in touching[section]
+            if link.weight > 0
+            and (seen := weights_seen.get((link.fixed, link.moving, section))) is not None
+        ]
+        section_agreement[section] = float(np.median(agreement)) if agreement else np.nan
 
     # 3. rigid poses and the drift along the stack
     poses, displacements = {}, {}
@@ -253,7 +264,7 @@ def solve_stack(
         )  # fmt: skip
     transforms[reference] = Transform.from_affine(np.eye(3), reference_shape, reference_shape)
     return StackResult(transforms, chain, positions, link_weights, section_weights, drift_um,
-                       nodes)  # fmt: skip
+                       nodes, section_agreement)  # fmt: skip
 
 
 def _drift_fit(values: np.ndarray, w: np.ndarray, dz: np.ndarray, degree: int) -> np.ndarray:
