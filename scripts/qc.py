@@ -98,6 +98,15 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         evidence=evidence,
         field=field,
     )
+    if hasattr(snakemake.input, "stack"):
+        # a torn section: where its field smears the tear, it is not registered (stack.py)
+        name = sample.rsplit("/", 1)[-1]
+        fraction = entry.get("not_registered_fraction", 0.0)
+        if fraction > 0:
+            review["info"].append(
+                f"not registered where torn: {100 * fraction:.1f} % of the reference's tissue, "
+                f"outlined in stack/{name}.not_registered.geojson (QuPath, reference pixels)"
+            )
     metrics = {
         "sample": sample,
         "status": status,

@@ -11,10 +11,11 @@ import pytest
 import tifffile
 import zarr
 from helpers import jobs_run_alone, run_snakemake
+from regflow.annotations import mask_features, read_features
 from regflow.block import make_serial_block
 from regflow.io import write_ome_tiff
 from regflow.rigid import similarity_matrix
-from regflow.stack import Link, solve_stack
+from regflow.stack import Link, solve_stack, torn_areas
 from regflow.transform import Transform, _grid_matrix, _nodes, apply_matrix
 
 SHAPE = (160, 200)
@@ -128,6 +129,43 @@ def test_a_swapped_section_whose_one_link_matches_by_chance_disagrees_with_its_n
     assert stack.section_agreement["s2"] < 0.15 < min(stack.section_agreement[s] for s in genuine)
     chain = solve_stack(names, "s4", links, SHAPE, shapes, grid=64, sweeps=0, drift="none")
     assert all(np.isnan(chain.section_agreement[s]) for s in genuine)  # no robust solve
+
+
+def test_a_torn_section_is_marked_not_registered_along_its_tear_and_its_neighbours_are_not():
+    from scipy import ndimage as ndi
+
+    # s0..s6 in one frame (reference s3); s5 is torn along x = 100 px: what lies beyond moved
+    # 10 px, so its registrations on both sides carry a (smoothed) step there
+    names, field_grid, solve_grid = [f"s{i}" for i in range(7)], (40, 50), (32, 40)
+    to_field = _grid_matrix(SHAPE, field_grid)
+    x = _nodes(to_field, field_grid)[:, 0].reshape(field_grid)
+    step = np.zeros((2, *field_grid), np.float32)
+    step[0] = ndi.gaussian_filter1d((x > 100).astype(np.float32) * 10.0, 1.5, axis=1)
+    links = []
+    for i in range(6):
+        for d in (1, 2):
+            if i + d > 6:
+                continue
+            f, m = (names[i], names[i + d]) if i + d > 3 else (names[i + d], names[i])
+            torn = (m == "s5") - (f == "s5")  # the step seen from either side
+            links.append(Link(f, m, Transform(np.eye(3), torn * step, to_field, SHAPE, SHAPE)))
+    nodes = _nodes(_grid_matrix(SHAPE, solve_grid), solve_grid)
+    positions = dict.fromkeys(names, nodes)
+    areas = torn_areas(names, links, positions, solve_grid, max_jump=0.2)
+    assert not any(areas[s].any() for s in names if s != "s5"), {
+        s: a.sum() for s, a in areas.items()
+    }
+    columns = nodes[:, 0].reshape(solve_grid)[areas["s5"]]
+    assert areas["s5"].all(axis=1).sum() == 0 and areas["s5"].any(axis=1).all()  # a band
+    assert columns.min() > 85 and columns.max() < 115, (columns.min(), columns.max())
+    grown = torn_areas(names, links, positions, solve_grid, max_jump=0.2, grow=2)["s5"]
+    assert grown.sum() > areas["s5"].sum() and (grown | areas["s5"]).sum() == grown.sum()
+    # the area as QuPath annotations in the reference's pixels: one band around x = 100
+    features = mask_features(areas["s5"], np.linalg.inv(_grid_matrix(SHAPE, solve_grid)), "x")
+    assert len(features) == 1 and features[0]["properties"]["classification"]["name"] == "x"
+    ring = np.array(features[0]["geometry"]["coordinates"][0])
+    assert 80 < ring[:, 0].min() < 100 < ring[:, 0].max() < 120
+    assert ring[:, 1].min() < 5 and ring[:, 1].max() > SHAPE[0] - 6
 
 
 def test_the_drift_along_the_stack_is_removed_and_each_section_keeps_its_distortion():
@@ -260,6 +298,18 @@ def test_the_block_volume_has_one_plane_per_section_equal_to_its_output(block):
             continue
         warped = zarr.open_group(str(out / image / "warped.ome.zarr"), mode="r")["0"]
         np.testing.assert_array_equal(volume[:, z], warped[:])
+
+
+@pytest.mark.workflow
+def test_each_section_has_its_not_registered_area_as_qupath_annotations(block):
+    workdir, sheet, _ = block
+    out = workdir / "out" / "block"
+    report = json.loads((out / "stack.json").read_text())
+    fractions = {}
+    for image in sheet["image"]:
+        _, features = read_features(out / "stack" / f"{image}.not_registered.geojson")
+        fractions[image] = report["sections"][image]["not_registered_fraction"]
+        assert (fractions[image] > 0) == bool(features), (image, fractions[image])
 
 
 @pytest.mark.workflow

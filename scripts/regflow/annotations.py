@@ -243,3 +243,35 @@ def outlines(features: list[dict]) -> list[np.ndarray]:
     for feature in features:
         walk(feature.get("geometry"))
     return result
+
+
+def mask_features(mask: np.ndarray, grid_to_pixels: np.ndarray, name: str) -> list[dict]:
+    """QuPath annotations (one ``Feature`` per connected area, holes kept) outlining the
+    ``True`` cells of a grid ``mask``; ``grid_to_pixels`` (3×3) maps a node's (column, row) to
+    level-0 pixels (x, y), each node standing for the cell half a node around it."""
+    from shapely import MultiPolygon, Polygon, box
+    from shapely.geometry import mapping
+    from shapely.ops import unary_union
+
+    rows, cols = np.nonzero(np.asarray(mask, bool))
+    if rows.size == 0:
+        return []
+    m = np.asarray(grid_to_pixels, np.float64)
+    if abs(m[0, 1]) > 1e-12 or abs(m[1, 0]) > 1e-12:
+        raise ValueError("mask_features takes an axis-aligned grid (no rotation)")
+    sx, sy, tx, ty = m[0, 0], m[1, 1], m[0, 2], m[1, 2]
+    cells = [box(sx * (c - 0.5) + tx, sy * (r - 0.5) + ty, sx * (c + 0.5) + tx,
+                 sy * (r + 0.5) + ty) for r, c in zip(rows, cols, strict=True)]  # fmt: skip
+    merged = unary_union(cells)
+    polygons = merged.geoms if isinstance(merged, MultiPolygon) else [merged]
+    features = []
+    for polygon in polygons:
+        if not isinstance(polygon, Polygon) or polygon.is_empty:
+            continue
+        features.append({
+            "type": "Feature",
+            "geometry": mapping(polygon.simplify(0.0)),
+            "properties": {"objectType": "annotation", "name": name,
+                           "classification": {"name": name}},
+        })  # fmt: skip
+    return features

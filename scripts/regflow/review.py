@@ -121,11 +121,7 @@ def field_regularity(
     """
     if not np.any(displacement) or (where is not None and not where.any()):
         return {"folding_fraction": 0.0, "max_gradient": 0.0, "jump_fraction": 0.0}
-    dy, dx = grid_spacing
-    dux_dy, dux_dx = np.gradient(displacement[0].astype(np.float64), dy, dx)
-    duy_dy, duy_dx = np.gradient(displacement[1].astype(np.float64), dy, dx)
-    determinant = (1 + dux_dx) * (1 + duy_dy) - dux_dy * duy_dx
-    gradient = np.sqrt(dux_dx**2 + dux_dy**2 + duy_dx**2 + duy_dy**2)
+    determinant, gradient = _field_derivatives(displacement, grid_spacing)
     if where is not None:
         determinant, gradient = determinant[where], gradient[where]
     return {
@@ -133,6 +129,29 @@ def field_regularity(
         "max_gradient": float(gradient.max()),
         "jump_fraction": float((gradient > jump).mean()),
     }
+
+
+def _field_derivatives(displacement: np.ndarray, grid_spacing: tuple[float, float]):
+    """``det(I + ∇u)`` and the gradient's norm of a field ``(2, h, w)`` on its grid."""
+    dy, dx = grid_spacing
+    dux_dy, dux_dx = np.gradient(displacement[0].astype(np.float64), dy, dx)
+    duy_dy, duy_dx = np.gradient(displacement[1].astype(np.float64), dy, dx)
+    determinant = (1 + dux_dx) * (1 + duy_dy) - dux_dy * duy_dx
+    return determinant, np.sqrt(dux_dx**2 + dux_dy**2 + duy_dx**2 + duy_dy**2)
+
+
+def jump_mask(
+    displacement: np.ndarray, grid_spacing: tuple[float, float], jump: float, low: float = 0.5
+) -> np.ndarray:
+    """The nodes of a field ``(2, h, w)`` where tissue is torn apart: where it changes by more
+    than ``jump`` px per px (:func:`field_regularity`'s ``jump_fraction`` counts those) and,
+    connected to them, by more than ``low × jump`` (hysteresis: a smoothed step's gradient
+    is above half its peak over its full width at half maximum, the band where the smoothed
+    field misses the step by more than a quarter of it)."""
+    from skimage.filters import apply_hysteresis_threshold
+
+    gradient = _field_derivatives(displacement, grid_spacing)[1]
+    return apply_hysteresis_threshold(gradient, low * jump, jump)
 
 
 def affine_shape(affine: np.ndarray, pixel_ratio: float = 1.0) -> dict[str, float | bool]:

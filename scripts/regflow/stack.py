@@ -267,6 +267,65 @@ def solve_stack(
                        nodes, section_agreement)  # fmt: skip
 
 
+def torn_areas(
+    order: list[str],
+    links: list[Link],
+    positions: dict[str, np.ndarray],
+    grid_shape: tuple[int, int],
+    max_jump: float,
+    tissues: dict[str, np.ndarray] | None = None,
+    grow: int = 0,
+) -> dict[str, np.ndarray]:
+    """Per section, the nodes of the solve grid (reference frame, ``grid_shape``) where its
+    own tissue is torn: where the fields of its registrations with both neighbours (distance 1)
+    change by more than ``max_jump`` px per px (:func:`regflow.review.jump_mask`, on the
+    fixed section's tissue, ``tissues`` on its working grid). A tear shows in the links on
+    both sides of the torn section, a neighbour's tear in only one of its links: the least
+    torn of them. There the section is not registered (the field smears the tear's step over
+    the smoothing scale); ``positions`` (the solve's, reference nodes in each section's
+    pixels) carry each link's grid into the reference frame. Each area is grown by ``grow``
+    nodes (the smoothed step's tail beyond the band the jumps mark)."""
+    from scipy import ndimage as ndi
+
+    from .qc import _resize_mask
+    from .review import jump_mask
+
+    index = {s: i for i, s in enumerate(order)}
+    torn = {}
+    for link in links:
+        if abs(index[link.fixed] - index[link.moving]) != 1:
+            continue
+        transform = link.transform
+        to_grid = np.asarray(transform.fixed_full_to_working, np.float64)
+        jumps = jump_mask(transform.displacement, (1 / to_grid[1, 1], 1 / to_grid[0, 0]), max_jump)
+        if tissues is not None and link.fixed in tissues:
+            jumps &= _resize_mask(np.asarray(tissues[link.fixed], bool), jumps.shape)
+        xy = apply_matrix(to_grid, positions[link.fixed])
+        ok = np.isfinite(xy).all(axis=1)
+        col = np.rint(np.nan_to_num(xy[:, 0], nan=-1)).astype(int)
+        row = np.rint(np.nan_to_num(xy[:, 1], nan=-1)).astype(int)
+        ok &= (col >= 0) & (col < jumps.shape[1]) & (row >= 0) & (row < jumps.shape[0])
+        mask = np.zeros(len(xy), bool)
+        mask[ok] = jumps[row[ok], col[ok]]
+        torn[link.fixed, link.moving] = mask
+    own = {s: [(pair, mask) for pair, mask in torn.items() if s in pair] for s in order}
+    areas = {}
+    for section in sorted(order, key=lambda s: -len(own[s])):  # the stack's ends last
+        if len(own[section]) >= 2:
+            area = np.logical_and.reduce([mask for _, mask in own[section]])
+        elif own[section]:  # an end: its one link also shows its neighbour's own tear
+            ((pair, mask),) = own[section]
+            neighbour = pair[0] if pair[1] == section else pair[1]
+            area = mask & ~areas.get(neighbour, np.zeros(grid_shape, bool)).ravel()
+        else:
+            area = np.zeros(int(np.prod(grid_shape)), bool)
+        areas[section] = area.reshape(grid_shape)
+    if grow > 0:
+        disk = np.hypot(*np.mgrid[-grow : grow + 1, -grow : grow + 1]) <= grow
+        areas = {s: ndi.binary_dilation(a, disk) if a.any() else a for s, a in areas.items()}
+    return {s: areas[s] for s in order}
+
+
 def _drift_fit(values: np.ndarray, w: np.ndarray, dz: np.ndarray, degree: int) -> np.ndarray:
     """Per node, the part of the displacements ``values`` (k, n, 2) that is a polynomial of
     degree ``degree`` ≥ 1 in the distance from the reference ``dz`` (without its constant),
