@@ -156,8 +156,8 @@ def from_images(table: pd.DataFrame, chain: bool = False, link_distance: int = 2
                 f"{where}: column case: unsafe id (it becomes a folder name); use letters, "
                 "digits, '_', '-' and '.', starting with a letter or digit"
             )
-        elif reserved_id(str(case)):
-            errors.append(f"{where}: column case: {reserved_id(str(case))}")
+        elif why := reserved_id(str(case)):
+            errors.append(f"{where}: column case: {why}")
         ids = [str(r.get("image")) for r in records]
         for duplicate in sorted(i for i, n in Counter(ids).items() if n > 1):
             errors.append(f"{where}, image {duplicate!r}: column image: appears more than once "
@@ -166,9 +166,8 @@ def from_images(table: pd.DataFrame, chain: bool = False, link_distance: int = 2
             if not ID.match(image) or ".." in image:
                 errors.append(f"{where}, image {image!r}: column image: unsafe id (it becomes "
                               "a folder name); use letters, digits, '_', '-' and '.'")  # fmt: skip
-            elif reserved_id(image, image=True):
-                errors.append(f"{where}, image {image!r}: column image: "
-                              f"{reserved_id(image, image=True)}")  # fmt: skip
+            elif why := reserved_id(image, image=True):
+                errors.append(f"{where}, image {image!r}: column image: {why}")
         flags = [
             "" if _blank(r.get("reference")) else str(r["reference"]).strip().lower()
             for r in records

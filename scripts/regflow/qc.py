@@ -805,6 +805,11 @@ def _serial_rows(fig, grid, row: int, columns: int, serial: dict) -> None:
     strip.bar(x, np.nan_to_num(evidence, nan=0.0), color=colours, width=0.6,
               label="evidence against neighbours")  # fmt: skip
     strip.axhline(serial.get("min_evidence", 9.0), color="#d62728", lw=1, ls="--")
+    for i, section in enumerate(order):  # torn: the share not registered (stack/*.geojson)
+        torn = sections.get(section, {}).get("not_registered_fraction", 0.0)
+        if torn > 0:
+            strip.annotate(f"torn {100 * torn:.0f} %", (i, np.nan_to_num(evidence[i])),
+                           ha="center", va="bottom", fontsize=7, color="#f28e2b")  # fmt: skip
     strip.set_ylabel("evidence")
     strip.set_xticks(x, order, rotation=60 if len(order) > 12 else 0, fontsize=8)
     twin = strip.twinx()
@@ -814,8 +819,9 @@ def _serial_rows(fig, grid, row: int, columns: int, serial: dict) -> None:
     strip.legend(loc="upper left", fontsize=9)
     twin.legend(loc="upper right", fontsize=9)
     strip.set_title("serial sections: evidence against the neighbours (red bar: flagged "
-                    "unrelated_images) and how far the stack solve moved each section from the "
-                    "plain chain", fontsize=10)  # fmt: skip
+                    "unrelated_images; torn: the share of the tissue not registered) and how "
+                    "far the stack solve moved each section from the plain chain",
+                    fontsize=10)  # fmt: skip
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

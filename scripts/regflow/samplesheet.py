@@ -261,8 +261,8 @@ def check_sample_sheet(
                 f"{where}: column sample: unsafe id (ids become folder names); use letters, "
                 "digits, '_', '-' and '.', starting with a letter or digit, without '..'"
             )
-        elif not images_sheet and reserved_id(sample):
-            errors.append(f"{where}: column sample: {reserved_id(sample)}")
+        elif not images_sheet and (why := reserved_id(sample)):
+            errors.append(f"{where}: column sample: {why}")
         landmark_counts = {}
         infos = {}  # each role's header with the sheet's pixel size applied
         for role in ROLES:
