@@ -65,7 +65,7 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         refined=bool(refine.get("tiles_accepted")),
     )
     pixel_size = preprocess_info["moving"]["pixel_size_um"]
-    evidence, field = None, None
+    evidence, field, not_registered = None, None, ""
     thresholds = {k: v for k, v in settings.items() if k != "min_ncc"}
     if hasattr(snakemake.input, "stack"):
         # a serial section: related to its neighbours (distance 1 and 2) by construction, not
@@ -79,6 +79,13 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         thresholds["min_evidence"] = stack["min_evidence"]
         # its field is smoothed over tissue scale: a tear is a steep slope, not a step
         thresholds["max_jump"] = stack.get("max_jump", thresholds.get("max_jump"))
+        # where it is torn, its field smears the tear: not registered there (stack.py)
+        if (torn := entry.get("not_registered_fraction", 0.0)) > 0:
+            not_registered = (
+                f"not registered where torn: {100 * torn:.1f} % of the reference's tissue, "
+                f"outlined in stack/{sample.rsplit('/', 1)[-1]}.not_registered.geojson "
+                "(QuPath, reference pixels)"
+            )
     translation = np.asarray(rigid["translation_px"])
     review = review_registration(
         fixed,
@@ -98,15 +105,8 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
         evidence=evidence,
         field=field,
     )
-    if hasattr(snakemake.input, "stack"):
-        # a torn section: where its field smears the tear, it is not registered (stack.py)
-        name = sample.rsplit("/", 1)[-1]
-        fraction = entry.get("not_registered_fraction", 0.0)
-        if fraction > 0:
-            review["info"].append(
-                f"not registered where torn: {100 * fraction:.1f} % of the reference's tissue, "
-                f"outlined in stack/{name}.not_registered.geojson (QuPath, reference pixels)"
-            )
+    if not_registered:
+        review["info"].append(not_registered)
     metrics = {
         "sample": sample,
         "status": status,
