@@ -63,6 +63,13 @@ with stage_log(snakemake.log[0], "stack", case) as log:
     )  # fmt: skip
     folder = Path(snakemake.output.transforms)
     folder.mkdir(parents=True, exist_ok=True)
+    solved = next(t for s, t in result.transforms.items() if s != reference)  # the solve grid
+    solve_grid = solved.displacement.shape[1:]
+    reference_tissue = _resize_mask(np.asarray(ref.tissue_mask, bool), solve_grid)
+    on_tissue = reference_tissue.ravel() if reference_tissue.any() else slice(None)
+    direct_positions = {
+        k.moving: k.transform.fixed_to_moving(result.nodes) for k in links if k.fixed == reference
+    }
     for section in order:
         if section != reference:
             result.transforms[section].save(folder / f"{section}.npz")
@@ -100,6 +107,19 @@ with stage_log(snakemake.log[0], "stack", case) as log:
                 both = (fa[1] | fb[1]) & fa[2] & fb[2]
                 similarities.append(ncc(fa[0], fb[0], both))
         chain_moved = np.linalg.norm(result.positions[section] - result.chain[section], axis=1)
+        # the drift: the chain (composed along the stack) and the stack against this
+        # section's direct registration onto the reference (a link of 1–2, or the far link)
+        direct = direct_positions.get(section)
+        drift = {
+            f"{name}_vs_direct_um": (
+                float(np.median(np.linalg.norm(positions - direct, axis=1)[on_tissue]))
+                * (pixel_size or 1.0)
+                if direct is not None
+                else float("nan")
+            )
+            for name, positions in (("chain", result.chain[section]),
+                                    ("stack", result.positions[section]))
+        }  # fmt: skip
         sections[section] = {
             # the best match with a neighbour: at the stack's pose (distances 1–2) or at a
             # registration's own (a torn section's better piece leads its registration)
@@ -114,6 +134,7 @@ with stage_log(snakemake.log[0], "stack", case) as log:
             "agreement": result.section_agreement.get(section, 1.0),
             "drift_removed_um": result.drift_um.get(section, 0.0),
             "chain_vs_stack_um": float(np.median(chain_moved)) * (pixel_size or 1.0),
+            **drift,
             "position": index[section],
         }
     # orthogonal views: an xz and a yz slice through the tissue's centre, before (each
@@ -175,16 +196,13 @@ with stage_log(snakemake.log[0], "stack", case) as log:
     # where a section is torn its field smears the tear's step over the smoothing scale: that
     # area is not registered. The band the jumps mark (hysteresis: the step's slope above half
     # its peak), grown by ¾ σ, where the smoothed step still misses a 50 µm tear by > 1.3 µm.
-    solved = next(t for s, t in result.transforms.items() if s != reference)  # the solve grid
     grid_to_pixels = np.linalg.inv(solved.fixed_full_to_working)
-    solve_grid = solved.displacement.shape[1:]
     sigma_full = (sigma_px if working_um else 0.04 * max(ref.image.shape)) / float(
         ref.full_to_working[0, 0]
     )
     tissues = {s: (ref if s == reference else images[s]).tissue_mask for s in order}
     areas = torn_areas(order, links, result.positions, solve_grid, max_jump, tissues,
                        grow=int(round(0.75 * sigma_full / grid_to_pixels[0, 0])))  # fmt: skip
-    reference_tissue = _resize_mask(np.asarray(ref.tissue_mask, bool), solve_grid)
     for section in order:
         area = areas[section] & reference_tissue
         sections[section]["not_registered_fraction"] = float(

@@ -313,6 +313,17 @@ def test_each_section_has_its_not_registered_area_as_qupath_annotations(block):
 
 
 @pytest.mark.workflow
+def test_the_drift_report_compares_chain_and_stack_with_direct_registration(block):
+    workdir, sheet, _ = block
+    sections = json.loads((workdir / "out" / "block" / "stack.json").read_text())["sections"]
+    # the reference's neighbours: their chain is their direct registration
+    assert sections["s03"]["chain_vs_direct_um"] == 0 == sections["s05"]["chain_vs_direct_um"]
+    for image in ("s01", "s07"):  # two sections away and more: composed, so they differ
+        assert sections[image]["chain_vs_direct_um"] > 0
+        assert np.isfinite(sections[image]["stack_vs_direct_um"])
+
+
+@pytest.mark.workflow
 def test_every_block_job_plans_on_its_own_as_on_a_cluster(block):
     assert jobs_run_alone(block[0]) == {}
 

@@ -813,15 +813,20 @@ def _serial_rows(fig, grid, row: int, columns: int, serial: dict) -> None:
     strip.set_ylabel("evidence")
     strip.set_xticks(x, order, rotation=60 if len(order) > 12 else 0, fontsize=8)
     twin = strip.twinx()
-    moved = [sections.get(s, {}).get("chain_vs_stack_um", np.nan) for s in order]
-    twin.plot(x, moved, "o-", color="#e15759", label="stack vs chain (median µm)")
+    for key, style, colour, label in (
+        ("chain_vs_direct_um", "o-", "#e15759", "drift: chain vs direct registration"),
+        ("stack_vs_direct_um", "s--", "#59a14f", "stack vs direct registration"),
+        ("chain_vs_stack_um", ":", "#9c755f", "stack vs chain"),
+    ):
+        values = [sections.get(s, {}).get(key, np.nan) for s in order]
+        twin.plot(x, values, style, color=colour, label=f"{label} (median µm)", ms=4)
     twin.set_ylabel("µm")
     strip.legend(loc="upper left", fontsize=9)
     twin.legend(loc="upper right", fontsize=9)
     strip.set_title("serial sections: evidence against the neighbours (red bar: flagged "
-                    "unrelated_images; torn: the share of the tissue not registered) and how "
-                    "far the stack solve moved each section from the plain chain",
-                    fontsize=10)  # fmt: skip
+                    "unrelated_images; torn: the share of the tissue not registered); the chain "
+                    "and the stack against each section's direct registration onto the "
+                    "reference", fontsize=10)  # fmt: skip
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
