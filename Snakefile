@@ -15,7 +15,7 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     sample=SAMPLE_PATTERN,
-    case=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    case=ID_PATTERN,
 
 
 localrules:

@@ -13,6 +13,7 @@ REGFLOW_ROOT = Path(str(workflow.current_basedir)).resolve().parent
 # The rule scripts' library, also used here to check the sample sheet before any job runs.
 sys.path.insert(0, str(REGFLOW_ROOT / "scripts"))
 from regflow.cases import (  # noqa: E402
+    ID_PATTERN,
     STAGE_FOLDERS,
     SheetError,
     case_images,
@@ -33,7 +34,7 @@ OUTDIR = config["outdir"].rstrip("/")
 # one): else <sample>/flow/transform.npz would also read as refine's output of a sample
 # "<sample>/flow", whose input function fails in a job run alone (a cluster job's
 # --allowed-rules refine).
-_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+_ID = ID_PATTERN
 SAMPLE_PATTERN = rf"{_ID}(?:/(?!(?:{'|'.join(STAGE_FOLDERS)})/){_ID}(?:~{_ID})?)?"
 # Output images: OME-TIFF files or OME-Zarr folders (warp.format)
 ZARR = config["warp"]["format"] == "ome-zarr"

@@ -87,7 +87,7 @@ rule associated:
     benchmark:
         f"{OUTDIR}/benchmarks/associated/{{sample}}/{{name}}.tsv"
     wildcard_constraints:
-        name=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+        name=ID_PATTERN,
     conda:
         "../envs/regflow.yaml"
     threads: warp_threads

@@ -28,7 +28,9 @@ from collections import Counter
 
 import pandas as pd
 
-ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# a sample, case, image or associated-image id (each becomes a folder or file name)
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+ID = re.compile(rf"^{ID_PATTERN}$")
 # Names regflow writes next to a sample's or case's folder: an id equal to one would share a
 # path with regflow's own files (and make a stage's file look like another sample's output).
 RESERVED_SAMPLE_IDS = frozenset({"logs", "benchmarks", "summary.tsv", "summary.png"})

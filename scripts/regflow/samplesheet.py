@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .annotations import AnnotationError, read_features
-from .cases import MODEL_COLUMNS, PAIR_COLUMNS, associated_name, reserved_id
+from .cases import ID, MODEL_COLUMNS, PAIR_COLUMNS, associated_name, reserved_id
 from .channels import MODALITIES, ChannelError, resolve_channel
 from .formats import (
     ImageInfo,
@@ -31,7 +30,6 @@ from .formats import (
 from .points import PointsError, read_points
 from .warp import associated_scale
 
-SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ROLES = ("fixed", "moving")
 COLUMNS = PAIR_COLUMNS
 
@@ -256,7 +254,7 @@ def check_sample_sheet(
             name = column if not images_sheet else (column.split("_", 1)[1:] or ["path"])[0]
             return f"{_labels[role]}{sep} column {name}"
 
-        if not images_sheet and (not SAMPLE_ID.match(sample) or ".." in sample):
+        if not images_sheet and (not ID.match(sample) or ".." in sample):
             errors.append(
                 f"{where}: column sample: unsafe id (ids become folder names); use letters, "
                 "digits, '_', '-' and '.', starting with a letter or digit, without '..'"
