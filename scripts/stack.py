@@ -13,7 +13,7 @@ from regflow.metrics import ncc
 from regflow.qc import WorkingImage, _resize_mask, field_on_tissue, warp_working
 from regflow.review import alignment_evidence, evidence_weight
 from regflow.runlog import provenance, read_json, stage_log, write_json
-from regflow.stack import Link, solve_stack, torn_areas
+from regflow.stack import Link, side_links, solve_stack, torn_areas
 from regflow.transform import Transform
 
 case = snakemake.wildcards.case
@@ -181,18 +181,23 @@ with stage_log(snakemake.log[0], "stack", case) as log:
 
     # a section's field judged on its registrations with its neighbours (the stack's
     # transform also carries theirs and what the chain followed along z); a tear is the
-    # section's own when the registrations on both sides show it: the least torn of them
+    # section's own when a registration on each side shows it (regflow.stack.torn_areas): the
+    # most torn field of each side, the least torn of the sides (at an end, the least torn)
     regularity = {
         (k.fixed, k.moving): field_on_tissue(
             k.transform, (ref if k.fixed == reference else images[k.fixed]).tissue_mask, max_jump
         )
         for k in links
-        if abs(index[k.fixed] - index[k.moving]) == 1
+        if 0 < abs(index[k.fixed] - index[k.moving]) <= 2
     }
-    for section in order:
-        fields = [f for pair, f in regularity.items() if section in pair]
+    for section, groups in side_links(order, list(regularity)).items():
+        jumps = lambda f: np.nan_to_num(f["jump_fraction"])  # noqa: E731
+        if len(groups) == 2:
+            fields = [max((regularity[p] for p in g), key=jumps) for g in groups]
+        else:
+            fields = [regularity[p] for g in groups for p in g]
         if fields:
-            sections[section]["field"] = min(fields, key=lambda f: f["jump_fraction"])
+            sections[section]["field"] = min(fields, key=jumps)
     # where a section is torn its field smears the tear's step over the smoothing scale: that
     # area is not registered. The band the jumps mark (hysteresis: the step's slope above half
     # its peak), grown by ¾ σ, where the smoothed step still misses a 50 µm tear by > 1.3 µm.

@@ -168,6 +168,39 @@ def test_a_torn_section_is_marked_not_registered_along_its_tear_and_its_neighbou
     assert ring[:, 1].min() < 5 and ring[:, 1].max() > SHAPE[0] - 6
 
 
+def test_a_tear_that_one_sides_next_registration_does_not_follow_is_still_marked():
+    # s2 torn along x = 100 px; on the side above, the registration with s3 does not follow
+    # the tear (it smooths it away) while the one with s4 does: the tear shows on both sides
+    from scipy import ndimage as ndi
+
+    names, field_grid, solve_grid = [f"s{i}" for i in range(7)], (40, 50), (32, 40)
+    to_field = _grid_matrix(SHAPE, field_grid)
+    x = _nodes(to_field, field_grid)[:, 0].reshape(field_grid)
+    step = np.zeros((2, *field_grid), np.float32)
+    step[0] = ndi.gaussian_filter1d((x > 100).astype(np.float32) * 10.0, 1.5, axis=1)
+    links = []
+    for i in range(6):
+        for d in (1, 2):
+            if i + d > 6:
+                continue
+            f, m = (names[i], names[i + d]) if i + d > 3 else (names[i + d], names[i])
+            torn = (m == "s2") - (f == "s2")
+            if {f, m} == {"s2", "s3"}:
+                torn = 0  # this registration missed the tear
+            links.append(Link(f, m, Transform(np.eye(3), torn * step, to_field, SHAPE, SHAPE)))
+    nodes = _nodes(_grid_matrix(SHAPE, solve_grid), solve_grid)
+    areas = torn_areas(names, links, dict.fromkeys(names, nodes), solve_grid, max_jump=0.2)
+    assert not any(areas[s].any() for s in names if s != "s2"), {
+        s: a.sum() for s, a in areas.items()
+    }
+    columns = nodes[:, 0].reshape(solve_grid)[areas["s2"]]
+    assert areas["s2"].any(axis=1).all() and 85 < columns.min() < columns.max() < 115
+    # with the distance-1 registrations alone (link_distance 1) that side shows nothing
+    near = [k for k in links if abs(int(k.fixed[1:]) - int(k.moving[1:])) == 1]
+    alone = torn_areas(names, near, dict.fromkeys(names, nodes), solve_grid, max_jump=0.2)
+    assert not alone["s2"].any()
+
+
 def test_the_drift_along_the_stack_is_removed_and_each_section_keeps_its_distortion():
     # every link follows a structure that moves 1.5 px per section in a quarter of the tissue
     drift = np.zeros((2, 9, 11))

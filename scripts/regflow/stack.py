@@ -267,6 +267,23 @@ def solve_stack(
                        nodes, section_agreement)  # fmt: skip
 
 
+def side_links(order: list[str], pairs, max_distance: int = 2) -> dict[str, list[list]]:
+    """Per section, its pairs ``(fixed, moving)`` with sections up to ``max_distance`` away,
+    grouped by side (the sections before it, those after it; an end has one group)."""
+    index = {s: i for i, s in enumerate(order)}
+    sides = {}
+    for section in order:
+        groups = {-1: [], 1: []}
+        for pair in pairs:
+            if section in pair:
+                other = pair[1] if pair[0] == section else pair[0]
+                step = index[other] - index[section]
+                if 0 < abs(step) <= max_distance:
+                    groups[int(np.sign(step))].append(pair)
+        sides[section] = [g for g in groups.values() if g]
+    return sides
+
+
 def torn_areas(
     order: list[str],
     links: list[Link],
@@ -277,14 +294,19 @@ def torn_areas(
     grow: int = 0,
 ) -> dict[str, np.ndarray]:
     """Per section, the nodes of the solve grid (reference frame, ``grid_shape``) where its
-    own tissue is torn: where the fields of its registrations with both neighbours (distance 1)
-    change by more than ``max_jump`` px per px (:func:`regflow.review.jump_mask`, on the
-    fixed section's tissue, ``tissues`` on its working grid). A tear shows in the links on
-    both sides of the torn section, a neighbour's tear in only one of its links: the least
-    torn of them. There the section is not registered (the field smears the tear's step over
-    the smoothing scale); ``positions`` (the solve's, reference nodes in each section's
-    pixels) carry each link's grid into the reference frame. Each area is grown by ``grow``
-    nodes (the smoothed step's tail beyond the band the jumps mark)."""
+    own tissue is torn: where the fields of its registrations with its neighbours (distances
+    1 and 2) change by more than ``max_jump`` px per px (:func:`regflow.review.jump_mask`, on
+    the fixed section's tissue, ``tissues`` on its working grid).
+
+    A registration shows the tears of both its sections; a section's own tear shows on both
+    of its sides, a neighbour's on one. So the area is where some registration on each side
+    shows a jump (on one side the registration with the next section may not follow the tear
+    while the one with the section after does). At an end (one side) it is where all of its
+    registrations show it (each also shows its other section's tear), or, with a single one,
+    where it does and the neighbour is not torn. There the section is not registered (the field
+    smears the tear's step over the smoothing scale); ``positions`` (the solve's, reference
+    nodes in each section's pixels) carry each link's grid into the reference frame. Each area
+    is grown by ``grow`` nodes (the smoothed step's tail beyond the band the jumps mark)."""
     from scipy import ndimage as ndi
 
     from .qc import _resize_mask
@@ -293,7 +315,7 @@ def torn_areas(
     index = {s: i for i, s in enumerate(order)}
     torn = {}
     for link in links:
-        if abs(index[link.fixed] - index[link.moving]) != 1:
+        if not 0 < abs(index[link.fixed] - index[link.moving]) <= 2:
             continue
         transform = link.transform
         to_grid = np.asarray(transform.fixed_full_to_working, np.float64)
@@ -308,17 +330,22 @@ def torn_areas(
         mask = np.zeros(len(xy), bool)
         mask[ok] = jumps[row[ok], col[ok]]
         torn[link.fixed, link.moving] = mask
-    own = {s: [(pair, mask) for pair, mask in torn.items() if s in pair] for s in order}
+    sides = side_links(order, list(torn))
+    nothing = np.zeros(int(np.prod(grid_shape)), bool)
     areas = {}
-    for section in sorted(order, key=lambda s: -len(own[s])):  # the stack's ends last
-        if len(own[section]) >= 2:
-            area = np.logical_and.reduce([mask for _, mask in own[section]])
-        elif own[section]:  # an end: its one link also shows its neighbour's own tear
-            ((pair, mask),) = own[section]
+    for section in sorted(order, key=lambda s: -len(sides[s])):  # the stack's ends last
+        groups = sides[section]
+        if len(groups) == 2:
+            either = [np.logical_or.reduce([torn[p] for p in group]) for group in groups]
+            area = either[0] & either[1]
+        elif groups and len(groups[0]) >= 2:
+            area = np.logical_and.reduce([torn[p] for p in groups[0]])
+        elif groups:
+            ((pair,),) = groups
             neighbour = pair[0] if pair[1] == section else pair[1]
-            area = mask & ~areas.get(neighbour, np.zeros(grid_shape, bool)).ravel()
+            area = torn[pair] & ~areas.get(neighbour, nothing.reshape(grid_shape)).ravel()
         else:
-            area = np.zeros(int(np.prod(grid_shape)), bool)
+            area = nothing
         areas[section] = area.reshape(grid_shape)
     if grow > 0:
         disk = np.hypot(*np.mgrid[-grow : grow + 1, -grow : grow + 1]) <= grow
