@@ -131,12 +131,17 @@ def test_a_swapped_section_whose_one_link_matches_by_chance_disagrees_with_its_n
     assert all(np.isnan(chain.section_agreement[s]) for s in genuine)  # no robust solve
 
 
-def test_a_torn_section_is_marked_not_registered_along_its_tear_and_its_neighbours_are_not():
+TORN_NAMES, TORN_GRID = [f"s{i}" for i in range(7)], (32, 40)  # sections, solve grid
+
+
+def _torn_stack(torn_section: str, missed: set[str] | None = None):
+    """s0..s6 in one frame (reference s3), links at distances 1 and 2; ``torn_section`` is
+    torn along x = 100 px: what lies beyond moved 10 px, so its registrations carry a
+    (smoothed) step there, seen from either side, except the one between the ``missed``
+    pair (it smoothed the tear away). Returns the links and the solve grid's nodes."""
     from scipy import ndimage as ndi
 
-    # s0..s6 in one frame (reference s3); s5 is torn along x = 100 px: what lies beyond moved
-    # 10 px, so its registrations on both sides carry a (smoothed) step there
-    names, field_grid, solve_grid = [f"s{i}" for i in range(7)], (40, 50), (32, 40)
+    names, field_grid = TORN_NAMES, (40, 50)
     to_field = _grid_matrix(SHAPE, field_grid)
     x = _nodes(to_field, field_grid)[:, 0].reshape(field_grid)
     step = np.zeros((2, *field_grid), np.float32)
@@ -147,9 +152,14 @@ def test_a_torn_section_is_marked_not_registered_along_its_tear_and_its_neighbou
             if i + d > 6:
                 continue
             f, m = (names[i], names[i + d]) if i + d > 3 else (names[i + d], names[i])
-            torn = (m == "s5") - (f == "s5")  # the step seen from either side
+            torn = 0 if {f, m} == missed else (m == torn_section) - (f == torn_section)
             links.append(Link(f, m, Transform(np.eye(3), torn * step, to_field, SHAPE, SHAPE)))
-    nodes = _nodes(_grid_matrix(SHAPE, solve_grid), solve_grid)
+    return links, _nodes(_grid_matrix(SHAPE, TORN_GRID), TORN_GRID)
+
+
+def test_a_torn_section_is_marked_not_registered_along_its_tear_and_its_neighbours_are_not():
+    names, solve_grid = TORN_NAMES, TORN_GRID
+    links, nodes = _torn_stack("s5")
     positions = dict.fromkeys(names, nodes)
     areas = torn_areas(names, links, positions, solve_grid, max_jump=0.2)
     assert not any(areas[s].any() for s in names if s != "s5"), {
@@ -169,27 +179,12 @@ def test_a_torn_section_is_marked_not_registered_along_its_tear_and_its_neighbou
 
 
 def test_a_tear_that_one_sides_next_registration_does_not_follow_is_still_marked():
-    # s2 torn along x = 100 px; on the side above, the registration with s3 does not follow
-    # the tear (it smooths it away) while the one with s4 does: the tear shows on both sides
-    from scipy import ndimage as ndi
-
-    names, field_grid, solve_grid = [f"s{i}" for i in range(7)], (40, 50), (32, 40)
-    to_field = _grid_matrix(SHAPE, field_grid)
-    x = _nodes(to_field, field_grid)[:, 0].reshape(field_grid)
-    step = np.zeros((2, *field_grid), np.float32)
-    step[0] = ndi.gaussian_filter1d((x > 100).astype(np.float32) * 10.0, 1.5, axis=1)
-    links = []
-    for i in range(6):
-        for d in (1, 2):
-            if i + d > 6:
-                continue
-            f, m = (names[i], names[i + d]) if i + d > 3 else (names[i + d], names[i])
-            torn = (m == "s2") - (f == "s2")
-            if {f, m} == {"s2", "s3"}:
-                torn = 0  # this registration missed the tear
-            links.append(Link(f, m, Transform(np.eye(3), torn * step, to_field, SHAPE, SHAPE)))
-    nodes = _nodes(_grid_matrix(SHAPE, solve_grid), solve_grid)
-    areas = torn_areas(names, links, dict.fromkeys(names, nodes), solve_grid, max_jump=0.2)
+    # s2 torn; on the side above, its registration with s3 misses the tear while the one
+    # with s4 follows it: the tear still shows on both sides
+    names, solve_grid = TORN_NAMES, TORN_GRID
+    links, nodes = _torn_stack("s2", missed={"s2", "s3"})
+    positions = dict.fromkeys(names, nodes)
+    areas = torn_areas(names, links, positions, solve_grid, max_jump=0.2)
     assert not any(areas[s].any() for s in names if s != "s2"), {
         s: a.sum() for s, a in areas.items()
     }
@@ -197,7 +192,7 @@ def test_a_tear_that_one_sides_next_registration_does_not_follow_is_still_marked
     assert areas["s2"].any(axis=1).all() and 85 < columns.min() < columns.max() < 115
     # with the distance-1 registrations alone (link_distance 1) that side shows nothing
     near = [k for k in links if abs(int(k.fixed[1:]) - int(k.moving[1:])) == 1]
-    alone = torn_areas(names, near, dict.fromkeys(names, nodes), solve_grid, max_jump=0.2)
+    alone = torn_areas(names, near, positions, solve_grid, max_jump=0.2)
     assert not alone["s2"].any()
 
 
