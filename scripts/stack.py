@@ -190,8 +190,11 @@ with stage_log(snakemake.log[0], "stack", case) as log:
         for k in links
         if 0 < abs(index[k.fixed] - index[k.moving]) <= 2
     }
+
+    def jumps(field: dict) -> float:
+        return float(np.nan_to_num(field["jump_fraction"]))
+
     for section, groups in side_links(order, list(regularity)).items():
-        jumps = lambda f: np.nan_to_num(f["jump_fraction"])  # noqa: E731
         if len(groups) == 2:
             fields = [max((regularity[p] for p in g), key=jumps) for g in groups]
         else:
