@@ -76,6 +76,41 @@ def volume_matches(out: Path, sheet: pd.DataFrame, case: str, order: list[str]) 
     return True
 
 
+def torn_report(out: Path, sheet: pd.DataFrame, case: str, errors: dict) -> list[str]:
+    """Per section marked not registered (stack mode): its share of the tissue, whether it is
+    flagged ``field_jumps``, and the landmark errors (µm) inside its area and outside."""
+    from regflow.annotations import read_features
+    from shapely.geometry import Point, shape
+    from shapely.ops import unary_union
+
+    report = out / case / "stack.json"
+    if not report.exists():
+        return []
+    sections = json.loads(report.read_text())["sections"]
+    reference = sheet[sheet["reference"] == "true"].iloc[0]
+    points = pd.read_csv(reference["landmarks"])[["X", "Y"]].to_numpy(dtype=float)
+    lines = []
+    for image, error in errors.items():
+        fraction = sections[image].get("not_registered_fraction", 0.0)
+        metrics = json.loads((out / case / image / "metrics.json").read_text())
+        flagged = "field_jumps" in [f["flag"] for f in metrics["review"]["flags"]]
+        if fraction <= 0 and not flagged:
+            continue
+        _, features = read_features(out / case / "stack" / f"{image}.not_registered.geojson")
+        area = unary_union([shape(f["geometry"]) for f in features])
+        inside = np.array([area.contains(Point(*p)) if np.isfinite(p).all() else False
+                           for p in points])  # fmt: skip
+        outside = error[~inside]
+        lines.append(
+            f"{image}: not registered {100 * fraction:.1f} % of the tissue, field_jumps "
+            f"{'flagged' if flagged else 'not flagged'}; {inside.sum()} landmarks inside "
+            f"(median {np.nanmedian(error[inside]) if inside.any() else np.nan:.1f} µm), "
+            f"outside median {np.nanmedian(outside):.1f} µm, max {np.nanmax(outside):.1f} µm, "
+            f"{int((outside > 5).sum())} above 5 µm"
+        )
+    return lines
+
+
 def summarise(errors: dict[str, np.ndarray], order: list[str], reference: str) -> dict:
     medians = {s: float(np.nanmedian(e)) for s, e in errors.items()}
     r = order.index(reference)
@@ -137,6 +172,7 @@ def main() -> None:
                 flagged.append(image)
         summary = summarise(errors, order, reference)
         summary["volume"] = volume_matches(folder / "out", sheet, case, order)
+        summary["torn"] = torn_report(folder / "out", sheet, case, errors)
         results[mode] = (errors, summary, seconds, flagged)
     print(f"{args.sections} sections of {args.size}² px at 2 µm/px, reference {reference}; "
           "per-section median landmark error (µm) against the block")  # fmt: skip
@@ -153,6 +189,8 @@ def main() -> None:
               f"{summary['p90']:.1f} µm, lost {summary['lost']}, unrelated_images "
               f"{flagged or 'none'}, volume planes = outputs {summary['volume']}, wall "
               f"{seconds:.0f} s (--cores {args.cores})")  # fmt: skip
+        for line in summary["torn"]:
+            print(f"        {line}")
 
 
 if __name__ == "__main__":
