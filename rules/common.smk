@@ -39,6 +39,10 @@ SAMPLE_PATTERN = rf"{_ID}(?:/(?!(?:{'|'.join(STAGE_FOLDERS)})/){_ID}(?:~{_ID})?)
 # Output images: OME-TIFF files or OME-Zarr folders (warp.format)
 ZARR = config["warp"]["format"] == "ome-zarr"
 IMAGE = "ome.zarr" if ZARR else "ome.tif"
+# a case with an order: its volume as OME-Zarr, and as an OME-TIFF z-stack with TIFF outputs
+VOLUME_OUTPUTS = {"zarr": directory(f"{OUTDIR}/{{case}}/volume.ome.zarr")} | (
+    {} if ZARR else {"tiff": f"{OUTDIR}/{{case}}/volume.ome.tif"}
+)
 if ZARR and config["warp"]["compression"] == "jpeg":
     raise ValueError(
         "config warp.compression: jpeg is for OME-TIFF output (OME-Zarr readers decode "

@@ -33,8 +33,9 @@ rule stack:
 rule volume:
     input:
         planes=case_value("planes"),
+    # OME-Zarr always; with warp.format ome-tiff also an OME-TIFF z-stack, in the same job
     output:
-        zarr=directory(f"{OUTDIR}/{{case}}/volume.ome.zarr"),
+        **VOLUME_OUTPUTS,
     log:
         f"{OUTDIR}/logs/volume/{{case}}.log",
     benchmark:
@@ -46,33 +47,7 @@ rule volume:
         mem_mb=1500,
         runtime=120,
     params:
-        section=config["warp"] | {"format": "ome-zarr"},
-        order=case_value("ordered"),
-        thickness=case_value("thickness_um"),
-        reference=case_value("reference"),
-        reference_pixel_size=case_value("reference_pixel_size_um"),
-        code=library_hash("volume", "io", "formats", "runlog"),
-    script:
-        "../scripts/volume.py"
-
-
-rule volume_tiff:
-    input:
-        planes=case_value("planes"),
-    output:
-        f"{OUTDIR}/{{case}}/volume.ome.tif",
-    log:
-        f"{OUTDIR}/logs/volume_tiff/{{case}}.log",
-    benchmark:
-        f"{OUTDIR}/benchmarks/volume_tiff/{{case}}.tsv"
-    conda:
-        "../envs/regflow.yaml"
-    threads: 1
-    resources:
-        mem_mb=1500,
-        runtime=120,
-    params:
-        section=config["warp"] | {"format": "ome-tiff"},
+        section=config["warp"],
         order=case_value("ordered"),
         thickness=case_value("thickness_um"),
         reference=case_value("reference"),

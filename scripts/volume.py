@@ -1,5 +1,5 @@
-"""Rule volume / volume_tiff: a case's sections in order as one volume (OME-Zarr, or an
-OME-TIFF z-stack), plane z = that section's image in the reference frame."""
+"""Rule volume: a case's sections in order as one volume (OME-Zarr, and with TIFF outputs an
+OME-TIFF z-stack too), plane z = that section's image in the reference frame."""
 
 import regflow
 
@@ -21,15 +21,17 @@ with stage_log(snakemake.log[0], "volume", case) as log:
     if thickness is None:
         log.warning("case %s has no thickness_um: the volume's z scale is 1 (unitless); add "
                     "the section thickness to the images sheet", case)  # fmt: skip
-    writer = write_volume_zarr if settings["format"] == "ome-zarr" else write_volume_tiff
-    written = writer(
-        snakemake.output[0],
-        list(snakemake.input.planes),
-        pixel_size,
-        thickness,
-        tile=settings["tile"],
-        pyramid_min_size=settings["pyramid_min_size"],
-        compression=None if settings["compression"] in ("none", "jpeg") else "zlib",
-    )
-    log.info("volume of %d sections %s, %s, %d level(s), z %s µm, y/x %s µm", len(order), order,
-             written["dtype"], written["levels"], thickness, pixel_size)  # fmt: skip
+    writers = {"zarr": write_volume_zarr, "tiff": write_volume_tiff}
+    for kind, path in snakemake.output.items():
+        written = writers[kind](
+            path,
+            list(snakemake.input.planes),
+            pixel_size,
+            thickness,
+            tile=settings["tile"],
+            pyramid_min_size=settings["pyramid_min_size"],
+            compression=None if settings["compression"] in ("none", "jpeg") else "zlib",
+        )
+        log.info("volume %s of %d sections %s, %s, %d level(s), z %s µm, y/x %s µm", path,
+                 len(order), order, written["dtype"], written["levels"], thickness,
+                 pixel_size)  # fmt: skip

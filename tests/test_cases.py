@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import zarr
 from helpers import planned_jobs, run_snakemake
 from regflow.cases import SheetError, from_images, from_pairs
 from regflow.example import make_round_case, make_serial_case
@@ -225,6 +226,16 @@ def test_chain_mode_composes_serial_sections_to_the_reference(cases):
     # the extra link s3 → s1 ran its registration stages only
     assert (out / "s3~s1" / "flow" / "transform.npz").exists()
     assert not (out / "s3~s1" / "warped.ome.tif").exists()
+    # with TIFF outputs (the default) the one volume job also writes the OME-TIFF z-stack:
+    # the same planes as the OME-Zarr, in order
+    with tifffile.TiffFile(out / "volume.ome.tif") as tif:
+        assert tif.series[0].axes == "ZYXS"
+        stack = np.moveaxis(tif.series[0].asarray(), -1, 0)  # (c, z, y, x)
+    volume = zarr.open_group(str(out / "volume.ome.zarr"), mode="r")["0"]
+    assert stack.shape == volume.shape and stack.shape[1] == 4
+    np.testing.assert_array_equal(stack, volume[:])
+    warped = tifffile.imread(out / "s3" / "warped.ome.tif")
+    np.testing.assert_array_equal(stack[:, 2], np.moveaxis(warped, -1, 0))
 
 
 @pytest.mark.workflow
