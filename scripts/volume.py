@@ -21,17 +21,20 @@ with stage_log(snakemake.log[0], "volume", case) as log:
     if thickness is None:
         log.warning("case %s has no thickness_um: the volume's z scale is 1 (unitless); add "
                     "the section thickness to the images sheet", case)  # fmt: skip
-    writers = {"zarr": write_volume_zarr, "tiff": write_volume_tiff}
-    for kind, path in snakemake.output.items():
-        written = writers[kind](
-            path,
-            list(snakemake.input.planes),
-            pixel_size,
-            thickness,
-            tile=settings["tile"],
-            pyramid_min_size=settings["pyramid_min_size"],
-            compression=None if settings["compression"] in ("none", "jpeg") else "zlib",
-        )
-        log.info("volume %s of %d sections %s, %s, %d level(s), z %s µm, y/x %s µm", path,
-                 len(order), order, written["dtype"], written["levels"], thickness,
-                 pixel_size)  # fmt: skip
+    # the OME-Zarr from the planes; the OME-TIFF z-stack (TIFF outputs) from the zarr's levels
+    compression = None if settings["compression"] in ("none", "jpeg") else "zlib"
+    written = write_volume_zarr(
+        snakemake.output.zarr,
+        list(snakemake.input.planes),
+        pixel_size,
+        thickness,
+        tile=settings["tile"],
+        pyramid_min_size=settings["pyramid_min_size"],
+        compression=compression,
+    )
+    if hasattr(snakemake.output, "tiff"):
+        write_volume_tiff(snakemake.output.tiff, snakemake.output.zarr, tile=settings["tile"],
+                          compression=compression)  # fmt: skip
+    log.info("volume of %d sections %s, %s, %d level(s), z %s µm, y/x %s µm: %s", len(order),
+             order, written["dtype"], written["levels"], thickness, pixel_size,
+             ", ".join(snakemake.output))  # fmt: skip

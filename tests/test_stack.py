@@ -266,11 +266,12 @@ def test_the_volume_zarr_has_ngff_axes_scales_and_the_planes_in_order(tmp_path, 
 
 @pytest.mark.parametrize("rgb", [True, False])
 def test_the_volume_tiff_is_a_pyramidal_z_stack_with_physical_size_z(tmp_path, rgb):
-    from regflow.volume import write_volume_tiff
+    from regflow.volume import write_volume_tiff, write_volume_zarr
 
     paths, data = _planes(tmp_path, rgb)
-    write_volume_tiff(tmp_path / "volume.ome.tif", paths, 0.5, 4.0, tile=128,
+    write_volume_zarr(tmp_path / "volume.ome.zarr", paths, 0.5, 4.0, tile=128,
                       pyramid_min_size=128)  # fmt: skip
+    write_volume_tiff(tmp_path / "volume.ome.tif", tmp_path / "volume.ome.zarr", tile=128)
     with tifffile.TiffFile(tmp_path / "volume.ome.tif") as tif:
         series = tif.series[0]
         assert series.axes == ("ZYXS" if rgb else "ZCYX")
@@ -278,10 +279,15 @@ def test_the_volume_tiff_is_a_pyramidal_z_stack_with_physical_size_z(tmp_path, r
         assert len(series.levels) == 3
         level1 = series.levels[1].asarray()
         assert 'PhysicalSizeZ="4.0"' in tif.ome_metadata
+        assert 'PhysicalSizeX="0.5"' in tif.ome_metadata
     for z, plane in enumerate(data):
         got = np.moveaxis(stack[z], -1, 0) if rgb else stack[z]
         np.testing.assert_array_equal(got, plane)
+    # the reduced levels are the zarr's (c, z, y, x), in the TIFF's order
+    reduced = zarr.open_group(str(tmp_path / "volume.ome.zarr"), mode="r")["1"][:]
     assert level1.shape[0] == 3
+    expected = np.moveaxis(reduced, 0, -1) if rgb else np.moveaxis(reduced, 0, 1)
+    np.testing.assert_array_equal(level1, expected)
 
 
 # ---- the workflow on a generated block ---------------------------------------------------

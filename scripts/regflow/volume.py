@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .formats import RegionReader
-from .io import PyramidSink, TileStore
+from .io import PyramidSink
 
 
 def _blocks(reader: RegionReader, channels: int, dtype, tile: int):
@@ -157,87 +157,75 @@ def write_volume_zarr(
 
 def write_volume_tiff(
     path: str | os.PathLike,
-    paths: Sequence[str],
-    pixel_size_um: float | None,
-    thickness_um: float | None,
+    volume: str | os.PathLike,
     tile: int = 512,
-    pyramid_min_size: int = 1024,
     compression: str | None = "zlib",
 ) -> dict:
-    """Write ``paths`` as a pyramidal OME-TIFF z-stack (``ZCYX``, or ``ZYXS`` when every
-    plane is 8-bit RGB; ``PhysicalSizeZ`` = the thickness), atomically. Each plane's level 0
-    is streamed; its reduced levels wait in temporary on-disk tile stores until every
-    plane's level 0 is written (TIFF writes level after level)."""
+    """Write an OME-Zarr ``volume`` (:func:`write_volume_zarr`'s) as a pyramidal OME-TIFF
+    z-stack with the same levels (``ZCYX``, or ``ZYXS`` when it is 8-bit RGB; the pixel size
+    and ``PhysicalSizeZ`` from its scales, where they carry a unit), atomically. Tile by tile
+    from the zarr's levels: the planes are not read or reduced again."""
     import tifffile
+    import zarr
 
     path = Path(path)
-    shape, dtype, names, rgb = plane_layout(paths)
-    rgb = rgb and shape[0] == 3 and dtype == np.uint8
-    channels = shape[0]
+    group = zarr.open_group(str(volume), mode="r")
+    multiscales = group.attrs["multiscales"][0]
+    arrays = [group[d["path"]] for d in multiscales["datasets"]]
+    channels, depth = arrays[0].shape[:2]
+    dtype = np.dtype(arrays[0].dtype)
+    names = [c["label"] for c in group.attrs["omero"]["channels"]]
+    rgb = bool(group.attrs["omero"]["rgb"]) and channels == 3 and dtype == np.uint8
+    scale = multiscales["datasets"][0]["coordinateTransformations"][0]["scale"]
+    axes = multiscales["axes"]
+    pixel_size_um = float(scale[2]) if "unit" in axes[2] else None
+    thickness_um = float(scale[1]) if "unit" in axes[1] else None
     compression = None if compression in (None, "none") else "zlib"
+    metadata: dict = {"axes": "ZYXS" if rgb else "ZCYX"}
+    if not rgb:
+        metadata["Channel"] = {"Name": list(names)}
+    if pixel_size_um:
+        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
+                        PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")  # fmt: skip
+    if thickness_um:
+        metadata.update(PhysicalSizeZ=thickness_um, PhysicalSizeZUnit="µm")
+
+    def tiles(array):
+        """The level's tiles in TIFF order (z, then channel unless RGB, then rows and columns),
+        each padded to the full tile."""
+        _, _, height, width = array.shape
+        for z in range(depth):
+            for plane in [None] if rgb else range(channels):
+                for y in range(0, height, tile):
+                    for x in range(0, width, tile):
+                        where = (slice(None) if rgb else plane, z, slice(y, y + tile),
+                                 slice(x, x + tile))  # fmt: skip
+                        block = np.asarray(array[where])
+                        padded = np.zeros((*block.shape[:-2], tile, tile), dtype)
+                        padded[..., : block.shape[-2], : block.shape[-1]] = block
+                        yield np.moveaxis(padded, 0, -1) if rgb else padded
+
     for stale in path.parent.glob(f".{path.name}.*.tmp*"):
         stale.unlink(missing_ok=True)
     stem = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pyramids = [PyramidSink(f"{stem}.z{z}", shape, dtype, tile, pyramid_min_size,
-                            interleaved=rgb) for z in range(len(paths))]  # fmt: skip
-    levels = pyramids[0].shapes
-    level0_stores = []
     try:
-        metadata: dict = {"axes": "ZYXS" if rgb else "ZCYX"}
-        if not rgb:
-            metadata["Channel"] = {"Name": list(names)}
-        if pixel_size_um:
-            metadata.update(PhysicalSizeX=float(pixel_size_um), PhysicalSizeXUnit="µm",
-                            PhysicalSizeY=float(pixel_size_um), PhysicalSizeYUnit="µm")  # fmt: skip
-        if thickness_um:
-            metadata.update(PhysicalSizeZ=float(thickness_um), PhysicalSizeZUnit="µm")
-
-        def tiles(stores):
-            for store in stores:
-                for plane in [None] if rgb else range(channels):
-                    for row in range(store.grid[0]):
-                        for col in range(store.grid[1]):
-                            if plane is None:
-                                yield np.moveaxis(store.get(row, col), 0, -1)
-                            else:
-                                yield store.get_plane(plane, row, col)
-
-        for z, plane in enumerate(paths):  # level 0 of every plane into a tile store
-            store = TileStore(Path(f"{stem}.z{z}.level0"), shape, dtype, tile, interleaved=rgb)
-            level0_stores.append(store)
-            with RegionReader(plane) as reader:
-                for row, col, block in pyramids[z].feed(_blocks(reader, channels, dtype, tile)):
-                    store.put(row, col, block)
-        generators = [p.levels() for p in pyramids]
         with tifffile.TiffWriter(stem, bigtiff=True, ome=True) as tif:
-            for level, level_shape in enumerate(levels):
-                if level == 0:
-                    data = tiles(level0_stores)
-                else:
-                    data = tiles([next(g) for g in generators])
+            for level, array in enumerate(arrays):
                 per_cm = 1e4 / (pixel_size_um * 2**level) if pixel_size_um else None
-                c, h, w = level_shape
+                _, _, h, w = array.shape
                 tif.write(
-                    data,
-                    shape=(len(paths), h, w, c) if rgb else (len(paths), c, h, w),
+                    tiles(array),
+                    shape=(depth, h, w, channels) if rgb else (depth, channels, h, w),
                     dtype=dtype, tile=(tile, tile), compression=compression,
                     photometric="rgb" if rgb else "minisblack",
-                    subifds=len(levels) - 1 if level == 0 else None,
+                    subifds=len(arrays) - 1 if level == 0 else None,
                     subfiletype=1 if level else 0,
                     metadata=metadata if level == 0 else None,
                     resolution=(per_cm, per_cm) if per_cm else None,
                     resolutionunit="CENTIMETER" if per_cm else "NONE",
                 )  # fmt: skip
-                if level == 0:
-                    for store in level0_stores:
-                        store.close()
-                    level0_stores = []
         os.replace(stem, path)
     finally:
-        for store in level0_stores:
-            store.close()
-        for pyramid in pyramids:
-            pyramid.close()
         stem.unlink(missing_ok=True)
-    return {"shape": [len(paths), *shape], "dtype": str(dtype), "channels": names,
-            "levels": len(levels)}  # fmt: skip
+    return {"shape": [depth, channels, *arrays[0].shape[2:]], "dtype": str(dtype),
+            "channels": names, "levels": len(arrays)}  # fmt: skip
