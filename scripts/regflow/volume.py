@@ -194,16 +194,18 @@ def write_volume_tiff(
         """The level's tiles in TIFF order (z, then channel unless RGB, then rows and columns),
         each padded to the full tile."""
         _, _, height, width = array.shape
+        columns = -(-width // tile)
         for z in range(depth):
             for plane in [None] if rgb else range(channels):
                 for y in range(0, height, tile):
-                    for x in range(0, width, tile):
-                        where = (slice(None) if rgb else plane, z, slice(y, y + tile),
-                                 slice(x, x + tile))  # fmt: skip
-                        block = np.asarray(array[where])
-                        padded = np.zeros((*block.shape[:-2], tile, tile), dtype)
-                        padded[..., : block.shape[-2], : block.shape[-1]] = block
-                        yield np.moveaxis(padded, 0, -1) if rgb else padded
+                    # a row of tiles per read (one call for its chunks), padded to whole tiles
+                    band = np.asarray(array[slice(None) if rgb else plane, z, y : y + tile])
+                    padded = np.zeros((*band.shape[:-2], tile, columns * tile), dtype)
+                    padded[..., : band.shape[-2], : band.shape[-1]] = band
+                    if rgb:
+                        padded = np.ascontiguousarray(np.moveaxis(padded, 0, -1))
+                    for col in range(columns):
+                        yield padded[:, col * tile : (col + 1) * tile]
 
     for stale in path.parent.glob(f".{path.name}.*.tmp*"):
         stale.unlink(missing_ok=True)
