@@ -60,7 +60,13 @@ with stage_log(snakemake.log[0], "preprocess", sample) as log:
             scales[role],
             settings["fluorescence_log"],
             partner_modality=partner,
+            # a serial section of a stack: a blank one is left out by the stack solve
+            allow_blank=bool(row.get("stack")),
         )
+        if not result.tissue_mask.any() and not result.image.any():
+            log.warning("%s %s: the registration channel %r is blank (constant): this section "
+                        "is left out of the stack (flagged in its QC)", role, info.path,
+                        channel)  # fmt: skip
         log.info(
             "%s %s: %s read by %s, %s, %d channel(s) %s, %s, pixel size %s µm; channel %r; "
             "pyramid level %d; working %s (scale %.4f)",

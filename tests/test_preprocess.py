@@ -61,6 +61,14 @@ def test_blank_image_is_an_error():
         preprocess(np.full((1, 32, 32), 7, np.uint16), "fluorescence", 0, False, 1.0)
 
 
+def test_a_blank_serial_section_is_kept_as_blank_without_tissue_when_allowed():
+    # a stack leaves a blank section out instead of failing the case
+    result = preprocess(np.full((3, 64, 48), 245, np.uint8), "brightfield", "luminance", True,
+                        0.5, allow_blank=True)  # fmt: skip
+    assert result.image.shape == (32, 24) and not result.image.any()
+    assert not result.tissue_mask.any() and result.full_shape == (64, 48)
+
+
 def test_pair_scales_use_physical_pixel_sizes():
     fixed = ImageInfo("f", (4000, 3000), 3, "uint8", ["R", "G", "B"], 0.25, True, [(4000, 3000)])
     moving = ImageInfo("m", (1600, 1200), 2, "uint16", ["DAPI", "CD3"], 0.65, False, [(1600, 1200)])

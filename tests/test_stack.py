@@ -382,3 +382,35 @@ def test_a_swapped_section_is_flagged_and_its_genuine_neighbours_are_not(block):
     summary = pd.read_csv(workdir / "out" / "summary.tsv", sep="\t")
     assert len(summary) == 6  # one row per section (the reference is the frame)
     assert (out / "case_qc.png").stat().st_size > 50_000
+
+
+@pytest.mark.workflow
+def test_a_blank_section_is_left_out_and_flagged_and_the_case_still_makes_its_volume(tmp_path):
+    # a blank slide among serial sections fails its own registrations only: the stack solve
+    # leaves it out (its links carry no evidence), the other sections and the volume are made
+    sheet, truth = make_serial_block(tmp_path / "data", n_sections=7, size=256, seed=2,
+                                     n_points=24)  # fmt: skip
+    blank = sheet.loc[sheet["image"] == "s05", "path"].iloc[0]
+    write_ome_tiff(blank, np.full((3, 256, 256), 245, np.uint8), ["R", "G", "B"], 2.0, rgb=True)
+    sheet.to_csv(tmp_path / "images.tsv", sep="\t", index=False)
+    (tmp_path / "config.yaml").write_text(
+        "samples: images.tsv\noutdir: out\ncases:\n  chain: true\nwarp:\n  format: ome-zarr\n"
+    )
+    run_snakemake(tmp_path, "--cores", "2")
+    summary = pd.read_csv(tmp_path / "out" / "summary.tsv", sep="\t").set_index("image")
+    assert summary.loc["s05", "status"] == "failed"
+    assert "unrelated_images" in summary.loc["s05", "flags"]
+    log = (tmp_path / "out" / "logs" / "preprocess" / "block" / "s05.log").read_text()
+    assert "is blank (constant): this section is left out of the stack" in log
+    # the sections on the reference's other side keep the small block's accuracy (a derailed
+    # one errs by tens of µm, the blank one by hundreds)
+    reference = sheet.loc[sheet["reference"] == "true"].iloc[0]
+    points = pd.read_csv(reference["landmarks"])[["X", "Y"]].to_numpy()
+    median = {}
+    for image in ("s01", "s02", "s03", "s05"):
+        mapped = pd.read_csv(tmp_path / "out" / "block" / image / "landmarks_warped.csv")
+        errors = np.hypot(*(mapped[["X", "Y"]].to_numpy(float) - points).T) * 2.0
+        median[image] = np.nanmedian(errors)
+    assert max(median[s] for s in ("s01", "s02", "s03")) < 10.0 < 50.0 < median["s05"], median
+    volume = zarr.open_group(str(tmp_path / "out" / "block" / "volume.ome.zarr"), mode="r")["0"]
+    assert volume.shape[1] == 7

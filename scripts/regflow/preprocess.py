@@ -247,6 +247,7 @@ def preprocess(
     scale: float,
     full_shape: tuple[int, int] | None = None,
     fluorescence_log: bool = False,
+    allow_blank: bool = False,
 ) -> Preprocessed:
     """Registration channel, tissue mask and coordinate frame at working resolution.
 
@@ -260,6 +261,10 @@ def preprocess(
         Working size / full-resolution size.
     full_shape : tuple of int, optional
         ``(Y, X)`` at full resolution; defaults to ``image.shape[1:]``.
+    allow_blank : bool
+        A blank (constant) channel is a :class:`BlankImageError` unless this is set; then it
+        is kept as a blank working image without tissue (a serial section that failed: the
+        stack leaves it out rather than fail the whole case).
     """
     full_shape = tuple(full_shape or image.shape[1:])
     working_shape = (
@@ -268,6 +273,13 @@ def preprocess(
     )
     signal = registration_channel(image, modality, channel, rgb, fluorescence_log)
     if float(signal.max()) <= float(signal.min()):
+        if allow_blank:
+            return Preprocessed(
+                image=np.zeros(working_shape, np.float32),
+                tissue_mask=np.zeros(working_shape, bool),
+                full_to_working=scale_matrix(full_shape, working_shape),
+                full_shape=full_shape,
+            )
         raise BlankImageError(
             f"the registration channel {channel!r} is blank (constant); check the scan or "
             "choose another channel"
@@ -319,6 +331,7 @@ def preprocess_file(
     scale: float,
     fluorescence_log: bool = False,
     partner_modality: str | None = None,
+    allow_blank: bool = False,
 ) -> tuple[Preprocessed, str | int, int]:
     """Read the pyramid level nearest the working resolution and preprocess it.
 
@@ -335,5 +348,6 @@ def preprocess_file(
     )
     level = choose_level(info, 1.0 / scale)
     image = read_image(info.path, level)
-    result = preprocess(image, modality, channel, info.rgb, scale, info.shape, fluorescence_log)
+    result = preprocess(image, modality, channel, info.rgb, scale, info.shape, fluorescence_log,
+                        allow_blank)  # fmt: skip
     return result, channel, level
