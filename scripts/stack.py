@@ -159,7 +159,9 @@ with stage_log(snakemake.log[0], "stack", case) as log:
     # serial sections share structures, not cells, and blocks differ in texture: a section is
     # unrelated below the threshold and well below what this block's sections reach
     evidence = {s: v["evidence"] for s, v in sections.items() if s != reference}
-    typical = np.nanmedian(list(evidence.values()) or [np.nan])
+    # (what the block's sections reach: a section without any evidence, a blank one, does
+    # not pull it down)
+    typical = np.nanmedian([v for v in evidence.values() if v > 0] or [np.nan])
     threshold = min(min_evidence, 0.6 * typical) if np.isfinite(typical) else min_evidence
     # or whose registrations with its neighbours disagree with one another (chance matches;
     # one of them can still score above the threshold)
