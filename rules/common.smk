@@ -34,8 +34,8 @@ OUTDIR = config["outdir"].rstrip("/")
 # one): else <sample>/flow/transform.npz would also read as refine's output of a sample
 # "<sample>/flow", whose input function fails in a job run alone (a cluster job's
 # --allowed-rules refine).
-_ID = ID_PATTERN
-SAMPLE_PATTERN = rf"{_ID}(?:/(?!(?:{'|'.join(STAGE_FOLDERS)})/){_ID}(?:~{_ID})?)?"
+_STAGES = "|".join(STAGE_FOLDERS)
+SAMPLE_PATTERN = rf"{ID_PATTERN}(?:/(?!(?:{_STAGES})/){ID_PATTERN}(?:~{ID_PATTERN})?)?"
 # Output images: OME-TIFF files or OME-Zarr folders (warp.format)
 ZARR = config["warp"]["format"] == "ome-zarr"
 IMAGE = "ome.zarr" if ZARR else "ome.tif"

@@ -63,7 +63,7 @@ with stage_log(snakemake.log[0], "preprocess", sample) as log:
             # a serial section of a stack: a blank one is left out by the stack solve
             allow_blank=bool(row.get("stack")),
         )
-        if not result.tissue_mask.any() and not result.image.any():
+        if result.blank:
             log.warning("%s %s: the registration channel %r is blank (constant): this section "
                         "is left out of the stack (flagged in its QC)", role, info.path,
                         channel)  # fmt: skip

@@ -65,7 +65,7 @@ def test_a_blank_serial_section_is_kept_as_blank_without_tissue_when_allowed():
     # a stack leaves a blank section out instead of failing the case
     result = preprocess(np.full((3, 64, 48), 245, np.uint8), "brightfield", "luminance", True,
                         0.5, allow_blank=True)  # fmt: skip
-    assert result.image.shape == (32, 24) and not result.image.any()
+    assert result.blank and result.image.shape == (32, 24) and not result.image.any()
     assert not result.tissue_mask.any() and result.full_shape == (64, 48)
 
 

@@ -39,12 +39,16 @@ class Preprocessed:
         Maps full-resolution ``(x, y, 1)`` to working-resolution ``(x, y, 1)``.
     full_shape : tuple of int
         ``(Y, X)`` of the full-resolution image.
+    blank : bool
+        The registration channel was constant (kept, when allowed, as a blank image without
+        tissue).
     """
 
     image: np.ndarray
     tissue_mask: np.ndarray
     full_to_working: np.ndarray
     full_shape: tuple[int, int]
+    blank: bool = False
 
 
 def _as_float(image: np.ndarray) -> np.ndarray:
@@ -279,6 +283,7 @@ def preprocess(
                 tissue_mask=np.zeros(working_shape, bool),
                 full_to_working=scale_matrix(full_shape, working_shape),
                 full_shape=full_shape,
+                blank=True,
             )
         raise BlankImageError(
             f"the registration channel {channel!r} is blank (constant); check the scan or "
