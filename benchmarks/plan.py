@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/plan.py --workdir /tmp/plan [--cases 750] [--images 4]
-        [--size 64] [--serial] [--snakefile Snakefile]
+        [--size 64] [--serial] [--snakefile Snakefile] [--floor]
 
 Writes ``--cases`` × ``--images`` small RGB OME-TIFFs (``--size`` px a side; the sheet check
 decodes each file's smallest level, so larger single-level files cost more) and an images
@@ -11,6 +11,10 @@ sheet (``--serial``: with ``order`` and ``thickness_um`` and ``cases: {chain: tr
 case is a stack with its link registrations). Then times ``snakemake -n`` twice: cold (no
 header cache in ``.snakemake/regflow``) and warm (the files unchanged). ``--snakefile`` plans
 with another checkout (e.g. an older commit in a git worktree) on the same sheet.
+``--floor`` also plans a bare Snakefile with the same jobs (the six rules per registration
+of a plain sheet, one per case, the summary; each a ``script`` with a log, a benchmark and
+constant resources, no input functions beyond the images' paths): what Snakemake itself costs
+for this many jobs, whatever the workflow does.
 """
 
 from __future__ import annotations
@@ -60,6 +64,58 @@ def make_sheet(workdir: Path, cases: int, images: int, size: int, serial: bool) 
     return sheet
 
 
+FLOOR_STAGES = ["preprocess", "rigid", "flow", "refine", "warp", "qc"]
+
+
+def write_floor(workdir: Path) -> Path:
+    """A bare Snakefile planning the jobs a plain images sheet gives (see the module doc)."""
+    out = workdir / "floor"
+    (out / "scripts").mkdir(parents=True, exist_ok=True)
+    (out / "scripts" / "step.py").write_text("print(snakemake.output)\n")
+    rules = []
+    previous = "pair"
+    for stage in FLOOR_STAGES:
+        rules.append(
+            f"""rule {stage}:
+    input: {previous}
+    output: f"{{O}}/{{{{sample}}}}/{stage}.out"
+    log: f"{{O}}/logs/{stage}/{{{{sample}}}}.log"
+    benchmark: f"{{O}}/benchmarks/{stage}/{{{{sample}}}}.tsv"
+    resources: mem_mb=800, runtime=30
+    script: "scripts/step.py"
+"""
+        )
+        previous = f"rules.{stage}.output"
+    (out / "Snakefile").write_text(
+        f"""import csv
+rows = list(csv.DictReader(open("{workdir / "images.tsv"}"), delimiter="\\t"))
+REF = {{r["case"]: r["path"] for r in rows if r["reference"] == "true"}}
+PATH = {{f"{{r['case']}}/{{r['image']}}": r["path"] for r in rows}}
+SAMPLES = [f"{{r['case']}}/{{r['image']}}" for r in rows if r["reference"] != "true"]
+O = "{out / "out"}"
+wildcard_constraints:
+    sample=r"[^/]+/[^/]+",
+    case=r"[^/]+",
+rule all:
+    input: expand(f"{{O}}/{{{{s}}}}/qc.out", s=SAMPLES), expand(f"{{O}}/{{{{c}}}}/case.out", c=REF), f"{{O}}/summary.tsv"
+def pair(wildcards):
+    return [REF[wildcards.sample.split("/")[0]], PATH[wildcards.sample]]
+{"".join(rules)}
+rule case_qc:
+    input: lambda w: [f"{{O}}/{{s}}/qc.out" for s in SAMPLES if s.startswith(w.case + "/")]
+    output: f"{{O}}/{{{{case}}}}/case.out"
+    log: f"{{O}}/logs/case_qc/{{{{case}}}}.log"
+    resources: mem_mb=800, runtime=30
+    script: "scripts/step.py"
+rule summary:
+    input: expand(f"{{O}}/{{{{s}}}}/qc.out", s=SAMPLES)
+    output: f"{{O}}/summary.tsv"
+    script: "scripts/step.py"
+"""
+    )
+    return out / "Snakefile"
+
+
 def plan(workdir: Path, snakefile: Path) -> tuple[float, int]:
     command = [
         sys.executable,
@@ -90,6 +146,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--serial", action="store_true")
     parser.add_argument("--snakefile", type=Path, default=ROOT / "Snakefile")
+    parser.add_argument("--floor", action="store_true", help="also plan a bare Snakefile")
     args = parser.parse_args()
     make_sheet(args.workdir, args.cases, args.images, args.size, args.serial)
     shutil.rmtree(args.workdir / ".snakemake" / "regflow", ignore_errors=True)
@@ -100,6 +157,9 @@ def main() -> None:
             f"({args.cases} cases × {args.images} images, {args.size}² px)",
             flush=True,
         )
+    if args.floor and not args.serial:
+        seconds, jobs = plan(args.workdir, write_floor(args.workdir))
+        print(f"bare Snakefile, same jobs: {seconds:.1f} s for {jobs} jobs", flush=True)
 
 
 if __name__ == "__main__":

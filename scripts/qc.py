@@ -57,21 +57,28 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
 
     diagonal = float(np.hypot(*transform.fixed_shape))
     refine = read_json(snakemake.input.refine)
+    flow_accepted, flow_reason = flow["accepted"], flow["reason"]
+    stack = read_json(snakemake.input.stack) if hasattr(snakemake.input, "stack") else None
+    if stack is not None:
+        # a serial section's transform is the stack solve's, from all its registrations with
+        # its neighbours, not from its own one registration (rejected next to a blank one)
+        entry = stack["sections"][sample.rsplit("/", 1)[-1]]
+        flow_accepted = bool(entry.get("nonrigid", flow_accepted))
+        if not flow_accepted:
+            flow_reason = "no registration with its neighbours kept a non-rigid flow"
     status, reason = decide_status(
-        flow["accepted"],
+        flow_accepted,
         similarity["final"]["ncc"],
         settings["min_ncc"],
-        flow["reason"],
+        flow_reason,
         refined=bool(refine.get("tiles_accepted")),
     )
     pixel_size = preprocess_info["moving"]["pixel_size_um"]
     evidence, field, not_registered = None, None, ""
     thresholds = {k: v for k, v in settings.items() if k != "min_ncc"}
-    if hasattr(snakemake.input, "stack"):
+    if stack is not None:
         # a serial section: related to its neighbours (distance 1 and 2) by construction, not
         # to a reference many sections away, whose cells and structures differ
-        stack = read_json(snakemake.input.stack)
-        entry = stack["sections"][sample.rsplit("/", 1)[-1]]
         evidence = {"evidence": entry["evidence"], "against": "neighbours",
                     "agreement": entry.get("agreement"),
                     "min_agreement": stack.get("min_agreement")}  # fmt: skip
@@ -98,7 +105,7 @@ with stage_log(snakemake.log[0], "qc", sample) as log:
             if pixel_size and preprocess_info["fixed"]["pixel_size_um"]
             else None
         ),
-        flow_accepted=flow["accepted"],
+        flow_accepted=flow_accepted,
         rotation_deg=rigid["rotation_deg"],
         thresholds=thresholds,
         sampled=sampled,

@@ -31,16 +31,21 @@ def working(path):
 with stage_log(snakemake.log[0], "stack", case) as log:
     start = time.perf_counter()
     min_evidence = settings.get("min_evidence", 9.0)
-    links, link_evidence = [], {}
+    links, link_evidence, nonrigid = [], {}, set()
     for (fixed, moving), path, info in zip(snakemake.params.links, snakemake.input.transforms,
                                            snakemake.input.infos, strict=True):  # fmt: skip
         # each registration counts by its evidence: a swapped section's hardly at all
-        evidence = read_json(info).get("evidence")
+        flow_info = read_json(info)
+        evidence = flow_info.get("evidence")
         links.append(Link(str(fixed), str(moving), Transform.load(path),
                           evidence_weight(evidence, min_evidence)))  # fmt: skip
         for section in (str(fixed), str(moving)):
             if evidence is not None and np.isfinite(evidence):
                 link_evidence.setdefault(section, []).append(float(evidence))
+            # the solve gives a section a non-rigid field through a link that counts and
+            # whose flow was kept (the QC status reads this, not its own one registration)
+            if flow_info.get("accepted") and links[-1].weight > 0:
+                nonrigid.add(section)
     with np.load(snakemake.input.reference) as data:
         ref = WorkingImage(data["image"], data["tissue_mask"], data["full_to_working"])
         reference_shape = tuple(int(v) for v in data["full_shape"])
@@ -136,6 +141,7 @@ with stage_log(snakemake.log[0], "stack", case) as log:
             "chain_vs_stack_um": float(np.median(chain_moved)) * (pixel_size or 1.0),
             **drift,
             "position": index[section],
+            "nonrigid": section in nonrigid,
         }
     # orthogonal views: an xz and a yz slice through the tissue's centre, before (each
     # section as scanned, centred on the grid) and after the alignment

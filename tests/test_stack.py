@@ -400,6 +400,11 @@ def test_a_blank_section_is_left_out_and_flagged_and_the_case_still_makes_its_vo
     summary = pd.read_csv(tmp_path / "out" / "summary.tsv", sep="\t").set_index("image")
     assert summary.loc["s05", "status"] == "failed"
     assert "unrelated_images" in summary.loc["s05", "flags"]
+    # the section beyond it: its own registration (onto the blank one) kept no flow, but its
+    # transform is the solve's, non-rigid through its other registrations (its QC status
+    # reads this: not "rigid_only" as its own registration would say)
+    sections = json.loads((tmp_path / "out" / "block" / "stack.json").read_text())["sections"]
+    assert sections["s06"]["nonrigid"] and not sections["s05"]["nonrigid"]
     log = (tmp_path / "out" / "logs" / "preprocess" / "block" / "s05.log").read_text()
     assert "is blank (constant): this section is left out of the stack" in log
     # the sections on the reference's other side keep the small block's accuracy (a derailed
