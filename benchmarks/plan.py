@@ -97,7 +97,10 @@ wildcard_constraints:
     sample=r"[^/]+/[^/]+",
     case=r"[^/]+",
 rule all:
-    input: expand(f"{{O}}/{{{{s}}}}/qc.out", s=SAMPLES), expand(f"{{O}}/{{{{c}}}}/case.out", c=REF), f"{{O}}/summary.tsv"
+    input:
+        expand(f"{{O}}/{{{{s}}}}/qc.out", s=SAMPLES),
+        expand(f"{{O}}/{{{{c}}}}/case.out", c=REF),
+        f"{{O}}/summary.tsv",
 def pair(wildcards):
     return [REF[wildcards.sample.split("/")[0]], PATH[wildcards.sample]]
 {"".join(rules)}

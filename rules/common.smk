@@ -415,7 +415,9 @@ def all_outputs():
     outputs = [f"{OUTDIR}/summary.tsv"]
     pulled = ("/transform.npz", "/metrics.json", "/qc.png")
     for sample in SECTIONS:
-        outputs += [path for path in sample_outputs(sample) if not path.endswith(pulled)]
+        outputs += [
+            path for path in sample_outputs(sample) if not path.endswith(pulled)
+        ]
     for case, info in CASES.items():
         outputs.append(f"{OUTDIR}/{case}/case_qc.png")
         if info["ordered"]:
