@@ -393,9 +393,12 @@ def stack_inputs(wildcards):
     }
 
 
-def sample_outputs(sample):
-    """Every final output of one sample."""
-    names = [f"warped.{IMAGE}", "transform.npz", "metrics.json", "qc.png"]
+def sample_outputs(sample, targets=False):
+    """Every final output of one sample (``targets``: those ``all`` asks for, see
+    all_outputs)."""
+    names = [f"warped.{IMAGE}"]
+    if not targets:
+        names += ["transform.npz", "metrics.json", "qc.png"]
     if has_landmarks(sample, "moving"):
         names.append("landmarks_warped.csv")
     for direction, entry in ANNOTATIONS.items():
@@ -410,14 +413,11 @@ def sample_outputs(sample):
 def all_outputs():
     """The targets of ``all``: every final output that no other target's job already needs
     (the summary needs every sample's metrics, so its QC job and figure; the warp needs the
-    transform). Asking for the rest again changes nothing but costs Snakemake an edge per
-    file when it plans: 6750 of 9752 for 750 cases of 4 images."""
+    transform). Asking for those again changes nothing but costs Snakemake an edge per file
+    when it plans: 6750 of 9752 for 750 cases of 4 images."""
     outputs = [f"{OUTDIR}/summary.tsv"]
-    pulled = ("/transform.npz", "/metrics.json", "/qc.png")
     for sample in SECTIONS:
-        outputs += [
-            path for path in sample_outputs(sample) if not path.endswith(pulled)
-        ]
+        outputs += sample_outputs(sample, targets=True)
     for case, info in CASES.items():
         outputs.append(f"{OUTDIR}/{case}/case_qc.png")
         if info["ordered"]:
