@@ -66,56 +66,55 @@ def make_sheet(workdir: Path, cases: int, images: int, size: int, serial: bool) 
 
 FLOOR_STAGES = ["preprocess", "rigid", "flow", "refine", "warp", "qc"]
 
+# A bare Snakefile (see the module doc); SHEET and OUT are filled in, RULES by one STAGE each.
+FLOOR = """import csv
+rows = list(csv.DictReader(open("SHEET"), delimiter="\\t"))
+REF = {r["case"]: r["path"] for r in rows if r["reference"] == "true"}
+PATH = {r["case"] + "/" + r["image"]: r["path"] for r in rows}
+SAMPLES = [r["case"] + "/" + r["image"] for r in rows if r["reference"] != "true"]
+O = "OUT"
+wildcard_constraints:
+    sample=r"[^/]+/[^/]+",
+    case=r"[^/]+",
+rule all:
+    input:
+        expand(O + "/{s}/qc.out", s=SAMPLES),
+        expand(O + "/{c}/case.out", c=REF),
+        O + "/summary.tsv",
+def pair(wildcards):
+    return [REF[wildcards.sample.split("/")[0]], PATH[wildcards.sample]]
+RULES
+rule case_qc:
+    input: lambda w: [O + f"/{s}/qc.out" for s in SAMPLES if s.startswith(w.case + "/")]
+    output: O + "/{case}/case.out"
+    log: O + "/logs/case_qc/{case}.log"
+    resources: mem_mb=800, runtime=30
+    script: "scripts/step.py"
+rule summary:
+    input: expand(O + "/{s}/qc.out", s=SAMPLES)
+    output: O + "/summary.tsv"
+    script: "scripts/step.py"
+"""
+STAGE = """rule STAGE:
+    input: PREVIOUS
+    output: O + "/{sample}/STAGE.out"
+    log: O + "/logs/STAGE/{sample}.log"
+    benchmark: O + "/benchmarks/STAGE/{sample}.tsv"
+    resources: mem_mb=800, runtime=30
+    script: "scripts/step.py"
+"""
+
 
 def write_floor(workdir: Path) -> Path:
     """A bare Snakefile planning the jobs a plain images sheet gives (see the module doc)."""
     out = workdir / "floor"
     (out / "scripts").mkdir(parents=True, exist_ok=True)
     (out / "scripts" / "step.py").write_text("print(snakemake.output)\n")
-    rules = []
-    previous = "pair"
-    for stage in FLOOR_STAGES:
-        rules.append(
-            f"""rule {stage}:
-    input: {previous}
-    output: f"{{O}}/{{{{sample}}}}/{stage}.out"
-    log: f"{{O}}/logs/{stage}/{{{{sample}}}}.log"
-    benchmark: f"{{O}}/benchmarks/{stage}/{{{{sample}}}}.tsv"
-    resources: mem_mb=800, runtime=30
-    script: "scripts/step.py"
-"""
-        )
-        previous = f"rules.{stage}.output"
-    (out / "Snakefile").write_text(
-        f"""import csv
-rows = list(csv.DictReader(open("{workdir / "images.tsv"}"), delimiter="\\t"))
-REF = {{r["case"]: r["path"] for r in rows if r["reference"] == "true"}}
-PATH = {{f"{{r['case']}}/{{r['image']}}": r["path"] for r in rows}}
-SAMPLES = [f"{{r['case']}}/{{r['image']}}" for r in rows if r["reference"] != "true"]
-O = "{out / "out"}"
-wildcard_constraints:
-    sample=r"[^/]+/[^/]+",
-    case=r"[^/]+",
-rule all:
-    input:
-        expand(f"{{O}}/{{{{s}}}}/qc.out", s=SAMPLES),
-        expand(f"{{O}}/{{{{c}}}}/case.out", c=REF),
-        f"{{O}}/summary.tsv",
-def pair(wildcards):
-    return [REF[wildcards.sample.split("/")[0]], PATH[wildcards.sample]]
-{"".join(rules)}
-rule case_qc:
-    input: lambda w: [f"{{O}}/{{s}}/qc.out" for s in SAMPLES if s.startswith(w.case + "/")]
-    output: f"{{O}}/{{{{case}}}}/case.out"
-    log: f"{{O}}/logs/case_qc/{{{{case}}}}.log"
-    resources: mem_mb=800, runtime=30
-    script: "scripts/step.py"
-rule summary:
-    input: expand(f"{{O}}/{{{{s}}}}/qc.out", s=SAMPLES)
-    output: f"{{O}}/summary.tsv"
-    script: "scripts/step.py"
-"""
-    )
+    previous, rules = ["pair"] + [f"rules.{s}.output" for s in FLOOR_STAGES[:-1]], []
+    for stage, before in zip(FLOOR_STAGES, previous, strict=True):
+        rules.append(STAGE.replace("STAGE", stage).replace("PREVIOUS", before))
+    text = FLOOR.replace("SHEET", str(workdir / "images.tsv")).replace("OUT", str(out / "out"))
+    (out / "Snakefile").write_text(text.replace("RULES", "".join(rules)))
     return out / "Snakefile"
 
 
