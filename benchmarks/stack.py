@@ -4,12 +4,13 @@ against a generated block's own coordinates.
 Usage::
 
     .venv/bin/python benchmarks/stack.py --workdir /tmp/stack [--sections 24] [--size 768]
-        [--modes direct,chain,stack] [--unrelated K] [--stroma-period P]
+        [--modes direct,chain,stack] [--unrelated K] [--stroma-period P] [--max-shift F]
 
 Generates one block (``regflow.block.make_serial_block``): ``--sections`` sections of 5 µm at
-2 µm/px, each under a random pose (any rotation, shifts up to 12 % of the side) and its own
-elastic distortion of 10–25 µm; two sections torn (30–50 µm), four IHC among H&E; vessels and
-glands running up to 8 µm per section obliquely; the reference in the middle. A section's
+2 µm/px, each under a random pose (any rotation, shifts up to 12 % of the side:
+``--max-shift``) and its own elastic distortion of 10–25 µm; two sections torn (30–50 µm),
+four IHC among H&E; vessels and glands running up to 8 µm per section obliquely; the
+reference in the middle. A section's
 landmarks are the same block points as the reference's, so the truth is exact.
 
 For each mode it runs the whole workflow on the same images sheet and prints, per section,
@@ -139,6 +140,8 @@ def main() -> None:
     parser.add_argument("--stroma-period", type=float, default=None,
                         help="sections over which the stroma texture changes (a quarter "
                              "period); default 4 × sections, nearly constant")  # fmt: skip
+    parser.add_argument("--max-shift", type=float, default=0.12,
+                        help="largest pose shift, a fraction of the side")  # fmt: skip
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args()
     data = args.workdir / "data"
@@ -146,7 +149,8 @@ def main() -> None:
     if not sheet_path.exists():
         sheet, _ = make_serial_block(data, n_sections=args.sections, size=args.size,
                                      seed=args.seed, unrelated=args.unrelated,
-                                     stroma_period=args.stroma_period)  # fmt: skip
+                                     stroma_period=args.stroma_period,
+                                     max_shift=args.max_shift)  # fmt: skip
         sheet.to_csv(sheet_path, sep="\t", index=False)
     sheet = pd.read_csv(sheet_path, sep="\t", dtype=str)
     order = list(sheet.sort_values("order", key=lambda c: c.astype(int))["image"])
