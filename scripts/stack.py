@@ -37,15 +37,16 @@ with stage_log(snakemake.log[0], "stack", case) as log:
         # each registration counts by its evidence: a swapped section's hardly at all
         flow_info = read_json(info)
         evidence = flow_info.get("evidence")
-        links.append(Link(str(fixed), str(moving), Transform.load(path),
-                          evidence_weight(evidence, min_evidence)))  # fmt: skip
-        for section in (str(fixed), str(moving)):
+        link = Link(str(fixed), str(moving), Transform.load(path),
+                    evidence_weight(evidence, min_evidence))  # fmt: skip
+        links.append(link)
+        for section in (link.fixed, link.moving):
             if evidence is not None and np.isfinite(evidence):
                 link_evidence.setdefault(section, []).append(float(evidence))
-            # the solve gives a section a non-rigid field through a link that counts and
-            # whose flow was kept (the QC status reads this, not its own one registration)
-            if flow_info.get("accepted") and links[-1].weight > 0:
-                nonrigid.add(section)
+        # the solve gives a section a non-rigid field through a link that counts and whose
+        # flow was kept (the QC status reads this, not its own one registration)
+        if flow_info.get("accepted") and link.weight > 0:
+            nonrigid.update((link.fixed, link.moving))
     with np.load(snakemake.input.reference) as data:
         ref = WorkingImage(data["image"], data["tissue_mask"], data["full_to_working"])
         reference_shape = tuple(int(v) for v in data["full_shape"])
