@@ -67,6 +67,16 @@ with stage_log(snakemake.log[0], "stack", case) as log:
         sweeps=12 if solve == "stack" else 0,
         max_reach=max(int(settings.get("link_distance", 2)), 1),
     )  # fmt: skip
+    far = result.far_links
+    if far and not far["kept"]:
+        log.warning("the registrations onto the reference from beyond %d sections are left "
+                    "out: their triangles close %.1f× worse than the neighbours' (%.2f against "
+                    "%.2f px; far sections no longer look like the reference)",
+                    max(int(settings.get("link_distance", 2)), 1), far["ratio"],
+                    far["far_closure_px"], far["neighbour_closure_px"])  # fmt: skip
+    elif far:
+        log.info("far links kept: triangles close %.2f× the neighbours' (%s)", far["ratio"],
+                 far["triangles"])  # fmt: skip
     folder = Path(snakemake.output.transforms)
     folder.mkdir(parents=True, exist_ok=True)
     solved = next(t for s, t in result.transforms.items() if s != reference)  # the solve grid
@@ -237,6 +247,9 @@ with stage_log(snakemake.log[0], "stack", case) as log:
             {"fixed": f, "moving": m, "weight": w} for (f, m), w in result.link_weights.items()
         ],
         "sections": sections,
+        # the links onto the reference from beyond link_distance: kept unless their triangles
+        # close far worse than the neighbours' (regflow.stack.far_links_check)
+        "far_links": result.far_links,
         "unrelated": bad,
         "min_evidence": float(threshold),
         "min_evidence_configured": min_evidence,

@@ -196,6 +196,59 @@ def test_a_tear_that_one_sides_next_registration_does_not_follow_is_still_marked
     assert not alone["s2"].any()
 
 
+def _far_stack(far_error: float, seed: int = 3):
+    """13 sections, the reference in the middle: links at distances 1 and 2 with errors of
+    ~0.5 px, and links onto the reference from the sections farther than 2 with errors of
+    ``far_error`` px (smooth random fields)."""
+    rng = np.random.default_rng(seed)
+    n, reference = 13, 6
+    names = [f"s{i}" for i in range(n)]
+    poses = {s: (np.eye(3) if i == reference else _pose(rng)) for i, s in enumerate(names)}
+    fields = {s: (np.zeros((2, 9, 11)) if i == reference else _field(rng, 4.0))
+              for i, s in enumerate(names)}  # fmt: skip
+    pairs = set()
+    for i in range(n):
+        for j in (i + 1, i + 2):
+            if j < n:
+                pairs.add((i, j) if abs(i - reference) <= abs(j - reference) else (j, i))
+        if abs(i - reference) > 2:
+            pairs.add((reference, i))
+    links = []
+    for i, j in sorted(pairs):
+        error = far_error if abs(i - j) > 2 else 0.5
+        w = fields[names[j]] - fields[names[i]] + _field(rng, error)
+        links.append(Link(names[i], names[j], _link(poses[names[i]], poses[names[j]], w)))
+    return names, poses, fields, links
+
+
+def test_links_onto_the_reference_that_fail_their_triangles_are_left_out(monkeypatch):
+    import regflow.stack as stack_module
+
+    def solve(links, names):
+        return solve_stack(names, "s6", links, SHAPE, dict.fromkeys(names, SHAPE), grid=64,
+                           pixel_size_um=1.0, drift="none")  # fmt: skip
+
+    # far links as good as the neighbours' (their errors as over 2 sections): kept
+    names, poses, fields, links = _far_stack(far_error=1.0)
+    good = solve(links, names)
+    assert good.far_links["kept"] and good.far_links["ratio"] < 2.0, good.far_links
+    # far sections that no longer look like the reference: registrations off by ~15 px
+    names, poses, fields, links = _far_stack(far_error=15.0)
+    result = solve(links, names)
+    assert not result.far_links["kept"] and result.far_links["ratio"] > 3.0, result.far_links
+    assert result.far_links["triangles"] == [10, 8]  # 5 and 4 per side
+    far = [k for k in links if k.fixed == "s6" and abs(int(k.moving[1:]) - 6) > 2]
+    assert all(result.link_weights[k.fixed, k.moving] == 0.0 for k in far)
+    # the same as the neighbours alone, and better than with the failed links counted
+    alone = solve([k for k in links if k not in far], names)
+    errors, errors_alone = (_errors(r, names, poses, fields, POINTS) for r in (result, alone))
+    assert max(abs(errors[s] - errors_alone[s]) for s in names) < 1e-6
+    monkeypatch.setattr(stack_module, "FAR_CLOSURE_RATIO", 1e9)
+    counted = _errors(solve(links, names), names, poses, fields, POINTS)
+    ends = ("s0", "s1", "s11", "s12")
+    assert np.mean([errors[s] for s in ends]) < 0.7 * np.mean([counted[s] for s in ends])
+
+
 def test_the_drift_along_the_stack_is_removed_and_each_section_keeps_its_distortion():
     # every link follows a structure that moves 1.5 px per section in a quarter of the tissue
     drift = np.zeros((2, 9, 11))

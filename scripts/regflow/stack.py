@@ -12,6 +12,10 @@ every section ``s``:
 
 1. **Start** from the chain: ``X_s = T(X_n)`` through the registration onto the neighbour
    ``n`` one step nearer the reference (``X_ref(p) = p``).
+   The links onto the reference from beyond ``max_reach`` are checked first
+   (:func:`far_links_check`): where their triangles with the neighbours' registrations close
+   far worse than the neighbours' own (far sections that no longer look like the reference),
+   they are left out.
 2. **Reconcile** every link ``f → m`` (a registration of section ``m`` onto section ``f``,
    ``T``, mapping ``f``'s pixels to ``m``'s) by weighted least squares, node by node: each
    section's position is the weighted mean of what its links predict (``T(X_f)`` for the
@@ -65,6 +69,8 @@ class StackResult:
     # robust factor alone, 1 = consistent, evidence aside): a swapped section's links are
     # chance matches that disagree with one another; NaN without a robust solve (the chain)
     section_agreement: dict[str, float] = field(default_factory=dict)
+    # whether the links onto the reference from beyond max_reach were kept (far_links_check)
+    far_links: dict = field(default_factory=dict)
 
 
 def _rigid_fit(source: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -166,15 +172,22 @@ def solve_stack(
 
     # 1. the chain, outwards from the reference; the start: through the link of highest
     # weight onto a section nearer the reference (the neighbour's, unless it is weaker)
-    positions = {reference: nodes.copy()}
     outward = sorted((s for s in order if s != reference), key=lambda s: abs(index[s] - r))
-    chain, start = {reference: nodes.copy()}, {reference: nodes.copy()}
+    chain = {reference: nodes.copy()}
     for section in outward:
-        inward = [k for k in links if k.moving == section and k.fixed in chain]
-        neighbour = [k for k in inward if abs(index[k.fixed] - index[section]) == 1]
+        neighbour = [k for k in links if k.moving == section and k.fixed in chain
+                     and abs(index[k.fixed] - index[section]) == 1]  # fmt: skip
         if not neighbour:
             raise ValueError(f"section {section!r} has no registration onto its neighbour")
         chain[section] = neighbour[0].transform.fixed_to_moving(chain[neighbour[0].fixed])
+    # the links onto the reference from beyond max_reach, unless they fail their triangles
+    far = [k for k in links if k.fixed == reference and abs(index[k.moving] - r) > max_reach]
+    far_report = far_links_check(order, reference, links, chain, weight_nodes > 0, max_reach)
+    if far and not far_report["kept"]:
+        links = [k for k in links if k not in far]
+    start = {reference: nodes.copy()}
+    for section in outward:
+        inward = [k for k in links if k.moving == section and k.fixed in start]
         best = max(inward, key=lambda k: (k.weight, -abs(index[k.fixed] - index[section])))
         start[section] = best.transform.fixed_to_moving(start[best.fixed])
     positions = {s: p.copy() for s, p in (start if sweeps else chain).items()}
@@ -215,7 +228,7 @@ def solve_stack(
             new = total[update] / norm[update, None]
             positions[section][update] += _OMEGA * (new - positions[section][update])
 
-    link_weights = {}
+    link_weights = {(k.fixed, k.moving): 0.0 for k in far}  # left out, if they were
     for link in links:
         w = [weights_seen.get((link.fixed, link.moving, s)) for s in (link.fixed, link.moving)]
         w = [x for x in w if x is not None]
@@ -264,7 +277,82 @@ def solve_stack(
         )  # fmt: skip
     transforms[reference] = Transform.from_affine(np.eye(3), reference_shape, reference_shape)
     return StackResult(transforms, chain, positions, link_weights, section_weights, drift_um,
-                       nodes, section_agreement)  # fmt: skip
+                       nodes, section_agreement, far_report)  # fmt: skip
+
+
+# far links are left out when their triangles close this many times worse than the
+# neighbours' (see far_links_check): ~1.2 expected; 1.2–1.6 on benchmarks/stack.py's blocks,
+# 2.1–2.3 on three where they still help (seed 6: median 1.96 µm with them, 3.32 without; a
+# stroma changing over 16 sections: 2.15 against 2.33) or not (a 30-section block: 3.05
+# against 2.57 µm); 6.2 where far sections no longer look like the reference (a stroma
+# changing over 8 sections, far links erring 5–30 µm: 4.56 against 3.76 µm). Only a gross
+# failure is acted on.
+FAR_CLOSURE_RATIO = 3.0
+
+
+def far_links_check(
+    order: list[str],
+    reference: str,
+    links: list[Link],
+    chain: dict[str, np.ndarray],
+    where: np.ndarray,
+    max_reach: int,
+    max_ratio: float | None = None,
+) -> dict:
+    """Do the links onto the reference from beyond ``max_reach`` sections (the *far* links)
+    agree with the neighbours' registrations as well as those agree among themselves?
+
+    Three registrations that close a triangle (``a → b``, ``b → c`` and ``a → c``) should map
+    a point alike; how far they miss (the *closure*, median over the nodes ``where`` carried
+    into ``a`` by the ``chain``) measures their errors without the truth, and without the
+    drift that a solve's residuals carry. A neighbour triangle (``a``, ``b``, ``c``
+    consecutive, outwards) closes within the errors of registrations over 1, 1 and 2
+    sections; a far triangle (the reference, ``b``, and ``c`` beyond ``max_reach``) within
+    those of two far links and one neighbour. The solve counts a far link as one over
+    ``max_reach`` sections; if so, far triangles close about √(9/6) ≈ 1.2× worse than
+    neighbour ones (``max_reach`` 2, errors ∝ span); on benchmarks/stack.py's blocks they
+    close 1.2–2.3× worse. Where far sections no longer look like the reference (a stroma whose
+    texture changes with depth: far links erring 5–30 µm) they close ~6× worse; more than
+    ``max_ratio``× (default :data:`FAR_CLOSURE_RATIO`) and the far links are not kept: the
+    neighbours carry the stack.
+
+    Returns the median closures (px) of both kinds, their ratio, the triangles counted and
+    whether the far links are kept (also when there are too few triangles to tell).
+    """
+    index = {s: i for i, s in enumerate(order)}
+    r = index[reference]
+    by_pair = {(k.fixed, k.moving): k.transform for k in links}
+    max_ratio = FAR_CLOSURE_RATIO if max_ratio is None else max_ratio
+
+    def closure(first: Transform, second: Transform, third: Transform, points) -> float:
+        miss = np.linalg.norm(
+            second.fixed_to_moving(first.fixed_to_moving(points)) - third.fixed_to_moving(points),
+            axis=1,
+        )
+        miss = miss[np.isfinite(miss)]
+        return float(np.median(miss)) if miss.size else np.nan
+
+    near, far = [], []
+    for step in (1, -1):
+        side = [order[r + step * k] for k in range(len(order)) if 0 <= r + step * k < len(order)]
+        for a, b, c in zip(side, side[1:], side[2:], strict=False):
+            if {(a, b), (b, c), (a, c)} <= by_pair.keys():
+                near.append(closure(by_pair[a, b], by_pair[b, c], by_pair[a, c], chain[a][where]))
+            if (
+                abs(index[c] - r) > max_reach
+                and {(reference, b), (b, c), (reference, c)} <= by_pair.keys()
+            ):
+                far.append(closure(by_pair[reference, b], by_pair[b, c], by_pair[reference, c],
+                                   chain[reference][where]))  # fmt: skip
+    near = [v for v in near if np.isfinite(v)]
+    far = [v for v in far if np.isfinite(v)]
+    report = {"neighbour_closure_px": float(np.median(near)) if near else float("nan"),
+              "far_closure_px": float(np.median(far)) if far else float("nan"),
+              "triangles": [len(near), len(far)], "ratio": float("nan"), "kept": True}  # fmt: skip
+    if len(near) >= 3 and len(far) >= 3 and report["neighbour_closure_px"] > 0:
+        report["ratio"] = report["far_closure_px"] / report["neighbour_closure_px"]
+        report["kept"] = bool(report["ratio"] <= max_ratio)
+    return report
 
 
 def side_links(order: list[str], pairs, max_distance: int = 2) -> dict[str, list[list]]:
