@@ -823,10 +823,19 @@ def _serial_rows(fig, grid, row: int, columns: int, serial: dict) -> None:
     twin.set_ylabel("µm")
     strip.legend(loc="upper left", fontsize=9)
     twin.legend(loc="upper right", fontsize=9)
-    strip.set_title("serial sections: evidence against the neighbours (red bar: flagged "
-                    "unrelated_images; torn: the share of the tissue not registered); the chain "
-                    "and the stack against each section's direct registration onto the "
-                    "reference", fontsize=10)  # fmt: skip
+    title = (
+        "serial sections: evidence against the neighbours (red bar: flagged "
+        "unrelated_images; torn: the share of the tissue not registered); the chain and "
+        "the stack against each section's direct registration onto the reference"
+    )
+    far = serial.get("far_links") or {}
+    if far.get("kept") is False:  # the direct registrations of far sections failed
+        title += (
+            f"\nfar sections' direct registrations left out of the solve (their triangles "
+            f"close {far.get('ratio', float('nan')):.1f}× worse than the neighbours'): "
+            "there the drift against them measures their own error, not the stack's"
+        )
+    strip.set_title(title, fontsize=10)
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
