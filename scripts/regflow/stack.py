@@ -182,7 +182,8 @@ def solve_stack(
         chain[section] = neighbour[0].transform.fixed_to_moving(chain[neighbour[0].fixed])
     # the links onto the reference from beyond max_reach, unless they fail their triangles
     far = [k for k in links if k.fixed == reference and abs(index[k.moving] - r) > max_reach]
-    far_report = far_links_check(order, reference, links, chain, weight_nodes > 0, max_reach)
+    far_report = far_links_check(order, reference, links, chain, weight_nodes > 0, max_reach,
+                                 min_closure=scale)  # fmt: skip
     if far and not far_report["kept"]:
         links = [k for k in links if k not in far]
     start = {reference: nodes.copy()}
@@ -298,6 +299,7 @@ def far_links_check(
     where: np.ndarray,
     max_reach: int,
     max_ratio: float | None = None,
+    min_closure: float = 0.0,
 ) -> dict:
     """Do the links onto the reference from beyond ``max_reach`` sections (the *far* links)
     agree with the neighbours' registrations as well as those agree among themselves?
@@ -313,8 +315,9 @@ def far_links_check(
     neighbour ones (``max_reach`` 2, errors ∝ span); on benchmarks/stack.py's blocks they
     close 1.2–2.3× worse. Where far sections no longer look like the reference (a stroma whose
     texture changes with depth: far links erring 5–30 µm) they close ~6× worse; more than
-    ``max_ratio``× (default :data:`FAR_CLOSURE_RATIO`) and the far links are not kept: the
-    neighbours carry the stack.
+    ``max_ratio``× (default :data:`FAR_CLOSURE_RATIO`), and by more than ``min_closure`` px
+    (the solve's robust scale: below it a miss is no gross failure, e.g. where neighbours
+    close almost exactly), and the far links are not kept: the neighbours carry the stack.
 
     Returns the median closures (px) of both kinds, their ratio, the triangles counted and
     whether the far links are kept (also when there are too few triangles to tell).
@@ -348,10 +351,13 @@ def far_links_check(
     far = [v for v in far if np.isfinite(v)]
     report = {"neighbour_closure_px": float(np.median(near)) if near else float("nan"),
               "far_closure_px": float(np.median(far)) if far else float("nan"),
-              "triangles": [len(near), len(far)], "ratio": float("nan"), "kept": True}  # fmt: skip
+              "triangles": [len(near), len(far)], "ratio": float("nan"),
+              "min_closure_px": float(min_closure), "kept": True}  # fmt: skip
     if len(near) >= 3 and len(far) >= 3 and report["neighbour_closure_px"] > 0:
         report["ratio"] = report["far_closure_px"] / report["neighbour_closure_px"]
-        report["kept"] = bool(report["ratio"] <= max_ratio)
+        report["kept"] = bool(
+            report["ratio"] <= max_ratio or report["far_closure_px"] <= min_closure
+        )
     return report
 
 
