@@ -183,7 +183,7 @@ def solve_stack(
     # the links onto the reference from beyond max_reach, unless they fail their triangles
     far = [k for k in links if k.fixed == reference and abs(index[k.moving] - r) > max_reach]
     far_report = far_links_check(order, reference, links, chain, weight_nodes > 0, max_reach,
-                                 min_closure=scale)  # fmt: skip
+                                 min_closure=scale) if far else {}  # fmt: skip
     if far and not far_report["kept"]:
         links = [k for k in links if k not in far]
     start = {reference: nodes.copy()}
