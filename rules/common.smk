@@ -298,6 +298,19 @@ def associated_path(wildcards):
     return associated_names(wildcards.sample)[wildcards.name]
 
 
+def flow_serial(wildcards):
+    """Flow settings of a serial section's registration (none outside a stack): the field
+    smoothed over tissue scale, and for a link onto the reference from beyond link_distance
+    the images smoothed at cell scale first (see cases.far_presmooth_um)."""
+    row = ROW[wildcards.sample]
+    if not row["stack"]:
+        return {}
+    serial = {"smoothing_um": config["cases"]["flow_smoothing_um"]}
+    if row.get("far_link") == "true":
+        serial["presmooth_um"] = config["cases"]["far_presmooth_um"]
+    return serial
+
+
 def sample_row(wildcards):
     """Every sheet value of a sample, so that editing one row reruns that sample only."""
     return {k: ("" if v is None else v) for k, v in ROW[wildcards.sample].items()}

@@ -24,11 +24,7 @@ rule flow:
     params:
         section=config["flow"],
         # serial sections (a stack): the flow between sections is smoothed over tissue scale
-        serial=lambda wildcards: (
-            {"smoothing_um": config["cases"]["flow_smoothing_um"]}
-            if ROW[wildcards.sample]["stack"]
-            else {}
-        ),
+        serial=flow_serial,
         code=library_hash("flow", "rigid", "review", "transform", "metrics", "runlog"),
     script:
         "../scripts/flow.py"

@@ -15,6 +15,7 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
     start = time.perf_counter()
     fixed, moving = np.load(snakemake.input.fixed), np.load(snakemake.input.moving)
     rigid = read_json(snakemake.input.rigid)
+    presmooth = 0.0  # px: smoothing of both images before the flow (far links of a stack)
     if snakemake.params.serial:
         # serial sections share tissue structures, not cells: a field smoothed over the tissue
         # scale (ILK), so that matches between different cells do not add noise
@@ -25,6 +26,12 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
         settings["method"] = "ilk"
         settings["smoothing_sigma"] = max(settings["smoothing_sigma"], sigma)
         log.info("serial sections: ILK smoothed over %.1f working px", settings["smoothing_sigma"])
+        presmooth_um = snakemake.params.serial.get("presmooth_um", 0.0)
+        if presmooth_um and working_um:
+            # a far section onto the reference: no shared cells, only larger structures
+            presmooth = presmooth_um / working_um
+            log.info("far link: images smoothed by σ %.2f working px (%g µm) first", presmooth,
+                     presmooth_um)  # fmt: skip
     solver = {
         key: settings[key]
         for key in ("attachment", "tightness", "num_warp", "num_iter", "ilk_radius")
@@ -43,6 +50,7 @@ with stage_log(snakemake.log[0], "flow", sample) as log:
         consistency=settings["consistency"],
         auto_ncc=settings["auto_ncc"],
         tvl1_smoothing_sigma=settings["tvl1_smoothing_sigma"],
+        presmooth_sigma=presmooth,
         **solver,
     )
     log.info("%s", result.reason)

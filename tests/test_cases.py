@@ -309,3 +309,6 @@ def test_thickness_is_one_positive_value_per_case_and_links_reach_further_when_a
     # 2+1), each onto the section nearer the reference; s7, farther than 3, also onto s3
     assert links == ["c/s1~s3", "c/s1~s4", "c/s4~s2", "c/s5~s2", "c/s5~s3", "c/s6~s3",
                      "c/s6~s4", "c/s7~s3", "c/s7~s4", "c/s7~s5"], links  # fmt: skip
+    # only s7's link onto the reference is a far one (its flow smooths the images first)
+    far = model.loc[model["far_link"] == "true", "sample"].tolist()
+    assert far == ["c/s7~s3"], far

@@ -212,3 +212,40 @@ def test_tv_l1_is_scikit_image_tvl1(ihc_rgb):
     rows, cols = points[:, 1].astype(int), points[:, 0].astype(int)
     found = np.stack([ours[1][rows, cols], ours[0][rows, cols]], 1)
     assert np.median(np.linalg.norm(found - truth, axis=1)) < 0.3
+
+
+def test_presmoothing_helps_the_flow_between_far_serial_sections():
+    """Two sections ten apart (50 µm) of a generated block at 2 µm/px: the same stroma and
+    outline under a known smooth deformation, but other cells, fibres and tubes moved along z.
+    Smoothing both images at cell scale first (presmooth_sigma, as for a stack's links onto the
+    reference from far away) brings the flow closer to the deformation."""
+    from regflow.block import Block
+    from regflow.channels import resolve_channel
+    from regflow.preprocess import normalise_percentile, registration_channel
+    from scipy import ndimage as ndi
+
+    block = Block(768, 24, 2.0, 8.0, seed=4)
+    rows, cols = np.mgrid[:768, :768].astype(np.float64)
+    shift = np.stack([3.0 * np.sin(cols / 45.0), 2.5 * np.cos(rows / 55.0)])  # (d_row, d_col)
+    channel = resolve_channel(None, "brightfield", ["R", "G", "B"], True)
+
+    def signal(image):
+        return normalise_percentile(
+            registration_channel(image, "brightfield", channel, True), 0.0, 99.9
+        ).astype(np.float32)
+
+    fixed = signal(block.section(6, "he"))
+    # moving(p + shift) = section 16 at p
+    moving = signal(np.stack([ndi.map_coordinates(c, [rows - shift[0], cols - shift[1]], order=1,
+                                                  mode="nearest")
+                              for c in block.section(16, "he")]))  # fmt: skip
+    mask = block.tissue(6)
+    inner = ndi.binary_erosion(mask & block.tissue(16), iterations=16)
+
+    def error(presmooth):
+        result = refine_flow(fixed, moving, mask, mask, method="ilk", smoothing_sigma=32.0,
+                             min_improvement=-1.0, presmooth_sigma=presmooth)  # fmt: skip
+        return float(np.median(np.hypot(*(result.displacement - shift)[:, inner])))
+
+    plain, smoothed = error(0.0), error(1.5)
+    assert smoothed < 0.85 * plain, (plain, smoothed)

@@ -15,7 +15,8 @@ neighbour one step nearer the reference, and also onto the section two steps nea
 *link* rows, ``sample = "<case>/<moving>~<fixed>"``, that run only the registration stages);
 the case's ``stack`` rule then combines all these pairwise transforms into one transform
 per section (:mod:`regflow.stack`). ``stack`` names the case in stack mode (empty otherwise),
-``link`` is true on link rows, and ``anchor`` names the registration whose preprocessed fixed
+``link`` is true on link rows (``far_link`` on those onto the reference from beyond the link
+distance), and ``anchor`` names the registration whose preprocessed fixed
 image is the reference at working resolution. The registration's ``fixed_landmarks`` are
 always the reference's, so errors are measured in the reference frame.
 """
@@ -84,7 +85,7 @@ IMAGES_SHEET_COLUMNS = ("case", "image", *IMAGE_COLUMNS, "reference", "order", "
 # Added to every registration row (derived, not user columns).
 MODEL_COLUMNS = (
     "case", "image", "fixed_image", "reference_image", "reference_path",
-    "reference_pixel_size_um", "anchor", "stack", "link",
+    "reference_pixel_size_um", "anchor", "stack", "link", "far_link",
 )  # fmt: skip
 TRUE = ("true", "yes", "1", "y", "t")
 FALSE = ("false", "no", "0", "n", "f", "")
@@ -129,6 +130,7 @@ def from_pairs(table: pd.DataFrame) -> pd.DataFrame:
     out["anchor"] = out["sample"]
     out["stack"] = ""
     out["link"] = ""
+    out["far_link"] = ""
     return out
 
 
@@ -256,14 +258,14 @@ def _case_registrations(case, records, reference, positions, chain, distance=2) 
             anchor[id(record)] = rid(ordered[r - step])  # the first section after the reference
             for skip in range(2, distance + 1):  # links that skip the neighbour(s)
                 if abs(i - r) >= skip:
-                    links.append((record, ordered[i + skip * step], anchor[id(record)]))
+                    links.append((record, ordered[i + skip * step], anchor[id(record)], False))
             if abs(i - r) > distance:  # and onto the reference: a constraint that never drifts
-                links.append((record, reference, anchor[id(record)]))
+                links.append((record, reference, anchor[id(record)], True))
         for below in range(1, distance):  # across the reference
             for above in range(1, distance - below + 1):
                 if r - below >= 0 and r + above < len(ordered):
                     near, far = sorted((r - below, r + above), key=lambda k: (abs(k - r), k))
-                    links.append((ordered[far], ordered[near], rid(ordered[r - below])))
+                    links.append((ordered[far], ordered[near], rid(ordered[r - below]), False))
     rows = []
     for record in others:
         target = targets.get(id(record), reference)
@@ -284,9 +286,10 @@ def _case_registrations(case, records, reference, positions, chain, distance=2) 
             "anchor": anchor.get(id(record), rid(record)),
             "stack": case if chain else "",
             "link": "",
+            "far_link": "",
         }
         rows.append(row)
-    for moving, fixed, first in links:
+    for moving, fixed, first, far in links:
         # registration stages only: no landmarks, annotations, cells or associated images
         row = {"sample": f"{case}/{moving['image']}~{fixed['image']}"}
         row |= {f"fixed{suffix}": fixed.get(column) for column, suffix in IMAGE_COLUMNS.items()
@@ -303,6 +306,8 @@ def _case_registrations(case, records, reference, positions, chain, distance=2) 
             "anchor": first,
             "stack": case,
             "link": "true",
+            # onto the reference from beyond link_distance (its flow: see flow_serial)
+            "far_link": "true" if far else "",
         }
         rows.append(row)
     return rows

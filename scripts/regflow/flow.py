@@ -365,6 +365,7 @@ def refine_flow(
     consistency: float = 2.0,
     auto_ncc: float = AUTO_NCC,
     tvl1_smoothing_sigma: float = 12.0,
+    presmooth_sigma: float = 0.0,
     **solver_options,
 ) -> FlowResult:
     """Estimate, regularise and verify a displacement field.
@@ -400,6 +401,10 @@ def refine_flow(
         0.0022 / 0.0020 / 0.0021).
     normalise_sigma : float
         Window (px) of the local normalisation applied before the flow; 0 disables it.
+    presmooth_sigma : float
+        Gaussian σ (px) applied to both images before the local normalisation, so that the
+        flow follows only structures larger than it (serial sections far apart share no
+        cells); 0 (default) disables it. The acceptance is judged on the images as given.
     smoothing_sigma : float
         Gaussian smoothing (px) of the field, weighted by :func:`flow_confidence`.
     min_improvement : float
@@ -445,6 +450,9 @@ def refine_flow(
         fixed_in, moving_in = (
             resize_linear(im, small, anti_aliasing=True) for im in (fixed_in, moving_in)
         )
+    if presmooth_sigma > 0:
+        fixed_in = gaussian(fixed_in, presmooth_sigma * factor)
+        moving_in = gaussian(moving_in, presmooth_sigma * factor)
     if normalise_sigma > 0:
         fixed_in = local_normalise(fixed_in, normalise_sigma * factor)
         moving_in = local_normalise(moving_in, normalise_sigma * factor)
