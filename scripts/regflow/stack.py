@@ -286,8 +286,9 @@ def solve_stack(
 # 2.1–2.3 on three where they still help (seed 6: median 1.96 µm with them, 3.32 without; a
 # stroma changing over 16 sections: 2.15 against 2.33) or not (a 30-section block: 3.05
 # against 2.57 µm); 6.2 where far sections no longer look like the reference (a stroma
-# changing over 8 sections, far links erring 5–30 µm: 4.56 against 3.76 µm). Only a gross
-# failure is acted on.
+# changing over 8 sections, far links erring 5–30 µm: 4.56 against 3.76 µm). Measured
+# before far links were presmoothed (cases.far_presmooth_um: seeds 0–3 1.25–1.47, seed 6
+# 1.65, stroma period 8 5.5). Only a gross failure is acted on.
 FAR_CLOSURE_RATIO = 3.0
 
 
