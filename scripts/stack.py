@@ -31,6 +31,7 @@ def working(path):
 with stage_log(snakemake.log[0], "stack", case) as log:
     start = time.perf_counter()
     min_evidence = settings.get("min_evidence", 9.0)
+    link_distance = max(int(settings.get("link_distance", 2)), 1)
     links, link_evidence, nonrigid = [], {}, set()
     for (fixed, moving), path, info in zip(snakemake.params.links, snakemake.input.transforms,
                                            snakemake.input.infos, strict=True):  # fmt: skip
@@ -65,14 +66,14 @@ with stage_log(snakemake.log[0], "stack", case) as log:
         pixel_size_um=pixel_size, robust_um=settings.get("robust_um", 5.0),
         drift=settings.get("drift", "linear") if solve == "stack" else "none",
         sweeps=12 if solve == "stack" else 0,
-        max_reach=max(int(settings.get("link_distance", 2)), 1),
+        max_reach=link_distance,
     )  # fmt: skip
     far = result.far_links
     if far and not far["kept"]:
         log.warning("the registrations onto the reference from beyond %d sections are left "
                     "out: their triangles close %.1f× worse than the neighbours' (%.2f against "
                     "%.2f px; far sections no longer look like the reference)",
-                    max(int(settings.get("link_distance", 2)), 1), far["ratio"],
+                    link_distance, far["ratio"],
                     far["far_closure_px"], far["neighbour_closure_px"])  # fmt: skip
     elif far:
         log.info("far links kept: triangles close %.2f× the neighbours' (%s)", far["ratio"],
