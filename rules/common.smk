@@ -1,10 +1,19 @@
 import hashlib
+import inspect
 import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 from snakemake.utils import validate
+
+try:
+    from snakemake.common import overwrite_function_params
+except ImportError:  # a Snakemake without it reads each function's signature per job
+
+    def overwrite_function_params(func, params):
+        pass
+
 
 # regflow's own files are found from this rule file's location, never from the working
 # directory or workflow.basedir: used as a Snakemake module, the main Snakefile (and so
@@ -231,9 +240,20 @@ CASES = (
 )
 
 
+def job_function(func):
+    """An input, params or resource function whose signature Snakemake reads once.
+
+    Snakemake inspects a function's signature (which of wildcards, input, attempt, … it
+    takes) every time it calls it, for every job: ~0.3 ms each, a tenth of planning a large
+    cohort (benchmarks/plan.py). Recorded here once, as Snakemake's own path helpers do.
+    """
+    overwrite_function_params(func, inspect.signature(func).parameters)
+    return func
+
+
 def case_value(key):
     """Input/params function: one value of a case (see case_summary)."""
-    return lambda wildcards: CASES[wildcards.case][key]
+    return job_function(lambda wildcards: CASES[wildcards.case][key])
 
 
 def sample_value(column, default=""):
@@ -243,7 +263,7 @@ def sample_value(column, default=""):
         value = ROW[wildcards.sample].get(column)
         return default if value is None else value
 
-    return get
+    return job_function(get)
 
 
 def has_value(sample, column):
@@ -281,7 +301,7 @@ def annotation_value(key):
             return entry
         return sample_value(entry)(wildcards)
 
-    return get
+    return job_function(get)
 
 
 def associated_names(sample):
@@ -294,10 +314,12 @@ def associated_names(sample):
     return {associated_name(p): p for p in paths}
 
 
+@job_function
 def associated_path(wildcards):
     return associated_names(wildcards.sample)[wildcards.name]
 
 
+@job_function
 def flow_serial(wildcards):
     """Flow settings of a serial section's registration (none outside a stack): the field
     smoothed over tissue scale, and for a link onto the reference from beyond link_distance
@@ -311,6 +333,7 @@ def flow_serial(wildcards):
     return serial
 
 
+@job_function
 def sample_row(wildcards):
     """Every sheet value of a sample, so that editing one row reruns that sample only."""
     return {k: ("" if v is None else v) for k, v in ROW[wildcards.sample].items()}
@@ -357,6 +380,7 @@ def image_megabytes(path):
     return info.shape[0] * info.shape[1] * info.n_channels * itemsize / 2**20
 
 
+@job_function
 def mem_mb_warp(wildcards, attempt):
     """Moving image + output of the fixed size (+ a third for the pyramid) + overhead."""
     row = ROW[wildcards.sample]
@@ -365,6 +389,7 @@ def mem_mb_warp(wildcards, attempt):
     return int((600 + 2 * moving + 1.5 * fixed) * attempt)
 
 
+@job_function
 def warp_threads(wildcards):
     """Two threads for a warp of at least 16 output tiles (whole slides), else one: below
     that, a thread pool gains nothing and a 2-thread job waits for two free cores."""
@@ -374,6 +399,7 @@ def warp_threads(wildcards):
     return 2 if (height / tile) * (width / tile) >= 16 else 1
 
 
+@job_function
 def mem_mb_refine(wildcards, attempt):
     """A tile window per thread (a few dozen MiB each) and the node grid of the fine field
     (2 float64 + 1 weight per node, a node every few refinement px), with overhead."""
@@ -383,12 +409,14 @@ def mem_mb_refine(wildcards, attempt):
     return int((800 + 40 * nodes / 2**20) * attempt)
 
 
+@job_function
 def mem_mb_preprocess(wildcards, attempt):
     row = ROW[wildcards.sample]
     largest = max(image_megabytes(row["fixed"]), image_megabytes(row["moving"]))
     return int((800 + 6 * largest) * attempt)
 
 
+@job_function
 def stack_inputs(wildcards):
     """The stack solve of a case: every registration's coarse transform (neighbours at
     distance 1 and 2), each section's working image, and the reference's."""
@@ -444,6 +472,7 @@ def all_outputs():
     return outputs
 
 
+@job_function
 def refine_inputs(wildcards):
     """The reference and this image at full resolution, the coarse transform, and the
     reference's working image (its tissue mask), which in chain mode is the chain's first
@@ -475,6 +504,7 @@ def has_integrity(sample):
     )
 
 
+@job_function
 def integrity_inputs(wildcards):
     sample = wildcards.sample
     anchor = ROW[sample]["anchor"]
@@ -491,6 +521,7 @@ def integrity_inputs(wildcards):
     return inputs
 
 
+@job_function
 def qc_inputs(wildcards):
     # The reference at working resolution: this registration's fixed image, or in chain mode
     # that of the chain's first registration (the one whose fixed image is the reference).
