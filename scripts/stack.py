@@ -230,7 +230,14 @@ with stage_log(snakemake.log[0], "stack", case) as log:
     )
     tissues = {s: (ref if s == reference else images[s]).tissue_mask for s in order}
     areas = torn_areas(order, links, result.positions, solve_grid, max_jump, tissues,
-                       grow=int(round(0.75 * sigma_full / grid_to_pixels[0, 0])))  # fmt: skip
+                       grow=int(round(0.75 * sigma_full / grid_to_pixels[0, 0])),
+                       reference=reference)  # fmt: skip
+    if (areas[reference] & reference_tissue).any():
+        torn = float((areas[reference] & reference_tissue).sum() / max(reference_tissue.sum(), 1))
+        log.warning("the reference %s is torn over %.1f %% of its tissue: no registration "
+                    "onto it follows its tear, so that area is not registered in any section "
+                    "(marked in each); an untorn reference section avoids this", reference,
+                    100 * torn)  # fmt: skip
     for section in order:
         area = areas[section] & reference_tissue
         sections[section]["not_registered_fraction"] = float(

@@ -157,6 +157,22 @@ def _torn_stack(torn_section: str, missed: set[str] | None = None):
     return links, _nodes(_grid_matrix(SHAPE, TORN_GRID), TORN_GRID)
 
 
+def test_a_torn_reference_is_marked_not_registered_in_every_section():
+    # every section reaches the reference's frame through registrations onto it, which all
+    # smooth its tear the same way: its area is every section's, and only with a torn
+    # reference (a torn s5 stays s5's own)
+    names, solve_grid = TORN_NAMES, TORN_GRID
+    links, nodes = _torn_stack("s3")
+    positions = dict.fromkeys(names, nodes)
+    own = torn_areas(names, links, positions, solve_grid, max_jump=0.2)
+    assert own["s3"].any() and not any(own[s].any() for s in names if s != "s3")
+    areas = torn_areas(names, links, positions, solve_grid, max_jump=0.2, reference="s3")
+    assert all(np.array_equal(areas[s], own["s3"]) for s in names)
+    links, _ = _torn_stack("s5")
+    areas = torn_areas(names, links, positions, solve_grid, max_jump=0.2, reference="s3")
+    assert areas["s5"].any() and not any(areas[s].any() for s in names if s != "s5")
+
+
 def test_a_torn_section_is_marked_not_registered_along_its_tear_and_its_neighbours_are_not():
     names, solve_grid = TORN_NAMES, TORN_GRID
     links, nodes = _torn_stack("s5")

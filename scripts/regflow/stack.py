@@ -387,6 +387,7 @@ def torn_areas(
     max_jump: float,
     tissues: dict[str, np.ndarray] | None = None,
     grow: int = 0,
+    reference: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Per section, the nodes of the solve grid (reference frame, ``grid_shape``) where its
     own tissue is torn: where the fields of its registrations with its neighbours (distances
@@ -401,7 +402,11 @@ def torn_areas(
     where it does and the neighbour is not torn. There the section is not registered (the field
     smears the tear's step over the smoothing scale); ``positions`` (the solve's, reference
     nodes in each section's pixels) carry each link's grid into the reference frame. Each area
-    is grown by ``grow`` nodes (the smoothed step's tail beyond the band the jumps mark)."""
+    is grown by ``grow`` nodes (the smoothed step's tail beyond the band the jumps mark).
+
+    The ``reference``'s own tear is every section's: each section reaches the reference's
+    frame through registrations onto it, which all smooth its step the same way (the solve
+    cannot out-vote it), so its area is added to every section's."""
     from scipy import ndimage as ndi
 
     from .qc import _resize_mask
@@ -445,6 +450,8 @@ def torn_areas(
     if grow > 0:
         disk = np.hypot(*np.mgrid[-grow : grow + 1, -grow : grow + 1]) <= grow
         areas = {s: ndi.binary_dilation(a, disk) if a.any() else a for s, a in areas.items()}
+    if reference is not None and areas[reference].any():
+        areas = {s: a | areas[reference] for s, a in areas.items()}
     return {s: areas[s] for s in order}
 
 
