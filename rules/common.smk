@@ -153,18 +153,19 @@ def _cell(record, column, default=""):
 def case_summary(case, records):
     """What the case-level rules need of one case of an images sheet."""
     reference = next(r for r in records if is_reference(r))
+    # the section order, when every image has its own (a volume); else none
+    orders = [_cell(r, "order") for r in records]
+    positions = {r["image"]: int(o) for r, o in zip(records, orders) if o != ""}
+    ordered = []
+    if all(o != "" for o in orders) and len(set(map(int, orders))) == len(orders):
+        records = [
+            r for _, r in sorted(zip(map(int, orders), records), key=lambda x: x[0])
+        ]
+        ordered = [r["image"] for r in records]
+    # (serial sections in their order: the case QC's panels follow the stack)
     others = [r for r in records if r is not reference]
     folder = f"{OUTDIR}/{case}"
     fluorescence = [r for r in records if _cell(r, "modality") == "fluorescence"]
-    # the section order, when every image has its own (a volume); else none
-    orders = [_cell(r, "order") for r in records]
-    ordered = []
-    if all(o != "" for o in orders) and len(set(map(int, orders))) == len(orders):
-        ordered = [
-            r["image"]
-            for _, r in sorted(zip(map(int, orders), records), key=lambda x: x[0])
-        ]
-    positions = {r["image"]: int(o) for r, o in zip(records, orders) if o != ""}
     links = CASE_REGISTRATIONS.get(case) if CHAIN else None
     return {
         "reference": reference["image"],
