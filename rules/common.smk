@@ -417,6 +417,34 @@ def mem_mb_preprocess(wildcards, attempt):
     return int((800 + 6 * largest) * attempt)
 
 
+def working_megapixels(path):
+    """Pixels (2**20) of an image's working image (preprocess.max_size, or the working pixel
+    size when the file states its own; see regflow.preprocess.working_scale)."""
+    from regflow.preprocess import working_scale
+
+    info = image_header(path)
+    scale = working_scale(
+        info.shape,
+        config["preprocess"]["max_size"],
+        info.pixel_size_um,
+        config["preprocess"].get("pixel_size_um"),
+    )
+    return info.shape[0] * info.shape[1] * scale**2 / 2**20
+
+
+@job_function
+def mem_mb_stack(wildcards, attempt):
+    """The solve holds every registration's coarse field (2 float32 per working pixel of its
+    fixed section) and every section's working image (float32 + mask) at once, with
+    overhead: 24 sections of 768² px and 64 registrations peaked at 0.83 GB; 100 sections of
+    1024² px with ~290 registrations need ~3.5 GB."""
+    links = CASES[wildcards.case]["links"]
+    fields = sum(8 * working_megapixels(ROW[s]["fixed"]) for s in links)
+    sections = {ROW[s][role] for s in links for role in ("fixed", "moving")}
+    images = sum(5 * working_megapixels(path) for path in sections)
+    return int((600 + 1.2 * (fields + images)) * attempt)
+
+
 @job_function
 def stack_inputs(wildcards):
     """The stack solve of a case: every registration's coarse transform (neighbours at

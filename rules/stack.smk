@@ -17,7 +17,7 @@ rule stack:
         "../envs/regflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_stack,
         runtime=30,
     params:
         section=config["cases"],

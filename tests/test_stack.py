@@ -4,6 +4,7 @@ along the stack removed) and the volume (axes, scales, plane order, pixels)."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -433,6 +434,27 @@ def test_the_drift_report_compares_chain_and_stack_with_direct_registration(bloc
 @pytest.mark.workflow
 def test_every_block_job_plans_on_its_own_as_on_a_cluster(block):
     assert jobs_run_alone(block[0]) == {}
+
+
+@pytest.mark.workflow
+def test_the_stack_job_asks_for_the_memory_it_uses(block):
+    # the solve holds every registration's field at once: the request grows with them
+    # (a cluster kills a job over it), and this block's job stayed under it
+    workdir = block[0]
+
+    def asked(*args):
+        output = run_snakemake(workdir, "--dry-run", "--forcerun", "stack", "--until", "stack",
+                               *args).stdout  # fmt: skip
+        pattern = r"rule stack:\n(?:    .*\n)*?    resources: .*mem_mb=(\d+)"
+        (mem_mb,) = re.findall(pattern, output)
+        return int(mem_mb)
+
+    used = pd.read_csv(workdir / "out" / "benchmarks" / "stack" / "block.tsv", sep="\t")
+    assert float(used["max_rss"].iloc[0]) < asked() < 2000, (used["max_rss"], asked())
+    # the neighbours' registrations alone (link_distance 1): fewer fields held, less asked
+    nearer = workdir / "link_distance_1.yaml"
+    nearer.write_text("cases:\n  chain: true\n  link_distance: 1\n")
+    assert asked("--configfile", str(workdir / "config.yaml"), str(nearer)) < asked()
 
 
 @pytest.mark.workflow
