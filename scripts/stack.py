@@ -232,8 +232,8 @@ with stage_log(snakemake.log[0], "stack", case) as log:
     areas = torn_areas(order, links, result.positions, solve_grid, max_jump, tissues,
                        grow=int(round(0.75 * sigma_full / grid_to_pixels[0, 0])),
                        reference=reference)  # fmt: skip
-    if (areas[reference] & reference_tissue).any():
-        torn = float((areas[reference] & reference_tissue).sum() / max(reference_tissue.sum(), 1))
+    if (reference_torn := areas[reference] & reference_tissue).any():
+        torn = float(reference_torn.sum() / max(reference_tissue.sum(), 1))
         log.warning("the reference %s is torn over %.1f %% of its tissue: no registration "
                     "onto it follows its tear, so that area is not registered in any section "
                     "(marked in each); an untorn reference section avoids this", reference,
