@@ -65,6 +65,7 @@ def test_chain_mode_needs_an_order_and_links_each_image_to_its_neighbour():
     assert chain.loc["s5", "fixed"] == "s4.tif" and chain.loc["s4", "fixed"] == "s3.tif"
     assert chain.loc["s5", "anchor"] == "c/s4" and chain.loc["s1", "anchor"] == "c/s2"
     assert set(chain["stack"]) == {"c"}
+    assert list(chain.index) == ["s1", "s2", "s4", "s5"]  # the stack's order, not the sheet's
     assert set(chain["fixed_landmarks"].fillna("")) == {""}  # always the reference's
     # the stack's extra links: two steps toward the reference, and across it
     links = model[model["link"] == "true"].set_index("sample")
