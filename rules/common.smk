@@ -437,8 +437,8 @@ def working_megapixels(path):
 def mem_mb_stack(wildcards, attempt):
     """The solve holds every registration's coarse field (2 float32 per working pixel of its
     fixed section) and every section's working image (float32 + mask) at once, with
-    overhead: 24 sections of 768² px and 64 registrations peaked at 0.83 GB; 100 sections of
-    1024² px with ~290 registrations need ~3.5 GB."""
+    overhead: 24 sections of 768² px and 64 registrations peaked at 0.83 GB (1.03 GB asked);
+    100 sections of 1024² px with ~290 registrations ask ~4.0 GB."""
     links = CASES[wildcards.case]["links"]
     fields = sum(8 * working_megapixels(ROW[s]["fixed"]) for s in links)
     sections = {ROW[s][role] for s in links for role in ("fixed", "moving")}

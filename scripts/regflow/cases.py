@@ -244,7 +244,6 @@ def _case_registrations(case, records, reference, positions, chain, distance=2) 
         return f"{case}/{record['image']}"
 
     reference_id = str(reference["image"])
-    others = [r for r in records if r is not reference]
     targets, anchor, links = {}, {}, []
     if chain:
         ordered = sorted(zip(positions, records, strict=True), key=lambda item: item[0])
@@ -266,8 +265,8 @@ def _case_registrations(case, records, reference, positions, chain, distance=2) 
                 if r - below >= 0 and r + above < len(ordered):
                     near, far = sorted((r - below, r + above), key=lambda k: (abs(k - r), k))
                     links.append((ordered[far], ordered[near], rid(ordered[r - below]), False))
-    if chain:  # serial sections: their rows (and summary.tsv's) in the stack's order
-        others = [r for r in ordered if r is not reference]
+    # serial sections: their rows (and summary.tsv's) in the stack's order
+    others = [r for r in (ordered if chain else records) if r is not reference]
     rows = []
     for record in others:
         target = targets.get(id(record), reference)
